@@ -1,0 +1,3 @@
+"""Self-Cure Network experiments for facial expression recognition."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,70 @@
+"""Config schema for the `scn` group and the single `instantiate` entry point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import hydra.utils
+from hydra.core.config_store import ConfigStore
+from omegaconf import Container, DictConfig, OmegaConf
+
+
+class RelabelScope(str, Enum):
+    """Which samples of a batch may be relabeled."""
+
+    all = "all"  # every sample (the original code)
+    low = "low"  # the low-importance group only (the paper)
+
+
+@dataclass
+class SCNConfig:
+    """Typed `scn` group: a typo (`scn.margn_1`) or a wrong type fails when the config is composed."""
+
+    enabled: bool = True
+    beta: float = 0.7
+    margin_1: float = 0.07
+    margin_2: float = 0.2
+    relabel_epoch: int = 10
+    relabel_scope: RelabelScope = RelabelScope.all
+    rr_weight: float = 1.0
+
+
+def register_configs() -> None:
+    """Make `scn/schema` available to the defaults list of conf/scn/*.yaml."""
+    ConfigStore.instance().store(group="scn", name="schema", node=SCNConfig)
+
+
+register_configs()
+
+
+def instantiate(node: DictConfig, **kwargs: Any) -> Any:
+    """Every object built from config goes through here, so Hydra-version changes live in one place."""
+    return hydra.utils.instantiate(node, **kwargs)
+
+
+def to_container(cfg: DictConfig) -> dict:
+    """The run's config as a plain, resolved dict (enums as strings) without Hydra's own node:
+    what JSON, W&B and checkpoints store."""
+    out = {}
+    for key in cfg:
+        if key == "hydra":
+            continue
+        node = cfg._get_node(key)
+        out[key] = (
+            OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+            if isinstance(node, Container)
+            else cfg[key]
+        )
+    return out
+
+
+def hydra_choices() -> dict[str, str]:
+    """The group options this run was composed from (`dataset: synthetic`, ...); empty outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {k: str(v) for k, v in choices.items() if not k.startswith("hydra") and v is not None}

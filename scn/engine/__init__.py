@@ -1,0 +1,1 @@
+"""The training engine: SCN loss and relabeling, train/eval loops, checkpoints."""

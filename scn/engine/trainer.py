@@ -1,0 +1,373 @@
+"""The training loop: SCN (or the baseline) with relabeling, per-epoch evaluation, selection,
+checkpoints and resume. Per-sample state (labels) is indexed by dataset index and every metric is
+built from sums and counts, so the loop can later be split across data-parallel processes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from scn.config import RelabelScope, hydra_choices, instantiate, to_container
+from scn.data.datasets import FaceImages, Split, load_dataset
+from scn.data.transforms import EvalTransform, TrainTransform
+from scn.engine.checkpoint import save_checkpoint
+from scn.engine.evaluate import metrics_from_confusion, predict_confusion
+from scn.engine.scn_loss import relabel, scn_loss, split_groups
+from scn.errors import UserError
+from scn.models.backbones import create_backbone, resolve_preprocessing
+from scn.models.scn_model import SCNModel
+from scn.tracking.local import write_json, write_metrics
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_CHOICES = ("none", "last", "best_and_last")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but CUDA is not available; use trainer.device=cpu")
+    return device
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Each epoch's shuffling and augmentation depend on (seed, epoch) only, so a resumed run
+    repeats the uninterrupted one exactly."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class Trainer:
+    """Owns the model, optimiser, scheduler and the train-label tensor that relabeling edits."""
+
+    def __init__(self, cfg: DictConfig, output_dir: Path):
+        if cfg.trainer.checkpoints not in CHECKPOINT_CHOICES:
+            raise UserError(
+                f"trainer.checkpoints={cfg.trainer.checkpoints!r}; use one of {CHECKPOINT_CHOICES}"
+            )
+        self.cfg = cfg
+        self.output_dir = Path(output_dir)
+        self.device = resolve_device(cfg.trainer.device)
+        self.progress = bool(cfg.trainer.progress)
+        seed_everything(cfg.trainer.seed)
+
+        backbone = create_backbone(cfg.backbone)
+        self.preprocessing = resolve_preprocessing(cfg.backbone, cfg.dataset.image_size, backbone)
+        self.data = load_dataset(cfg.dataset, Path(str(cfg.paths.cache_dir)).expanduser())
+        self.class_names = self.data.class_names
+        self.num_classes = len(self.class_names)
+        self.memory_format = (
+            torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+        )
+        self.model = SCNModel(backbone, self.num_classes, scn=cfg.scn.enabled).to(
+            self.device, memory_format=self.memory_format
+        )
+        self.optimizer = instantiate(cfg.optimizer)(params=self.model.parameters())
+        self.scheduler = instantiate(cfg.scheduler)(optimizer=self.optimizer)
+
+        train = self.data.train
+        self.labels = torch.as_tensor(
+            train.labels, dtype=torch.long
+        ).clone()  # edited by relabeling
+        self.initial_labels = self.labels.clone()
+        self.clean_labels = torch.as_tensor(train.clean_labels, dtype=torch.long)
+        self.epoch = 0  # last completed epoch
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None  # {"epoch", "score"}
+        self.run_id: str | None = None
+        self.choices = hydra_choices()  # group options, so a resume can check them
+
+        pre = self.preprocessing
+        aug = cfg.dataset.augmentation
+        self.train_transform = TrainTransform(pre.input_size, pre.mean, pre.std, **aug)
+        self.eval_transform = EvalTransform(pre.input_size, pre.mean, pre.std)
+        workers = cfg.dataset.num_workers
+        if workers == "auto":  # on CPU a worker process competes with the model for the cores
+            workers = 0 if self.device.type == "cpu" else min(8, os.cpu_count() or 1)
+        self.num_workers = int(workers)
+        for note in self.data.notes:
+            log.info(note)
+        log.info(
+            "%s: %d train / %s val / %d test images from %s; %s at %d px on %s",
+            cfg.dataset.name,
+            len(train),
+            len(self.data.val) if self.data.val else 0,
+            len(self.data.test),
+            self.data.root,
+            cfg.backbone.name,
+            pre.input_size,
+            self.device,
+        )
+
+    # ---------------------------------------------------------------- data
+    def _loader(self, split: Split, train: bool, generator: torch.Generator | None = None):
+        bs = self.cfg.trainer.batch_size if train else self.cfg.trainer.eval_batch_size
+        transform = self.train_transform if train else self.eval_transform
+        return DataLoader(
+            FaceImages(split.paths, transform),
+            batch_size=bs,
+            shuffle=train,
+            generator=generator,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            # a trailing batch of one breaks BatchNorm on tiny feature maps: drop that one sample
+            drop_last=train and len(split) % bs == 1,
+        )
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "labels": self.labels.clone(),
+            "initial_labels": self.initial_labels.clone(),
+            "epoch": self.epoch,
+            "best": self.best,
+            "history": self.history,
+            "rng": rng_states(),
+            "class_names": self.class_names,
+            "preprocessing": self.preprocessing.to_dict(),
+            "config": to_container(self.cfg),
+            "choices": self.choices,
+            "wandb_run_id": self.run_id,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["labels"]) != len(self.labels):
+            raise UserError(
+                f"checkpoint holds {len(state['labels'])} train labels but the dataset has "
+                f"{len(self.labels)} train images; resume on the same data"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.labels = state["labels"].clone()
+        self.initial_labels = state["initial_labels"].clone()
+        self.epoch = int(state["epoch"])
+        self.best = state["best"]
+        self.history = list(state["history"])
+        self.run_id = state.get("wandb_run_id")
+        self.choices = state.get("choices", {})
+        set_rng_states(state["rng"])
+
+    def save(self, name: str) -> None:
+        save_checkpoint(self.output_dir / name, self.state_dict())
+
+    # ---------------------------------------------------------------- loops
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg, scn = self.cfg, self.cfg.scn
+        seed = epoch_seed(cfg.trainer.seed, epoch)
+        torch.manual_seed(seed)  # augmentation in the main process (num_workers=0)
+        loader = self._loader(self.data.train, True, torch.Generator().manual_seed(seed))
+        relabeling = scn.enabled and epoch >= scn.relabel_epoch
+        lr = self.optimizer.param_groups[0]["lr"]
+        sums = dict.fromkeys(("loss", "ce", "rr", "high", "low"), 0.0)
+        counts = dict.fromkeys(("n", "correct", "high", "low", "relabeled", "fixed", "broken"), 0)
+        self.model.train()
+        for x, idx in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not self.progress):
+            x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            y = self.labels[idx].to(self.device, non_blocking=True)
+            out = self.model(x)
+            if scn.enabled:
+                loss, ce, rr = scn_loss(
+                    out.logits, out.alpha, y, scn.beta, scn.margin_1, scn.rr_weight
+                )
+            else:
+                loss = ce = F.cross_entropy(out.logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+
+            n = len(idx)
+            counts["n"] += n
+            counts["correct"] += (out.logits.argmax(1) == y).sum().item()
+            sums["loss"] += loss.item() * n
+            sums["ce"] += ce.item() * n
+            if scn.enabled:
+                sums["rr"] += rr.rr.item() * n
+                sums["high"] += rr.high_sum
+                sums["low"] += rr.low_sum
+                counts["high"] += rr.high_count
+                counts["low"] += rr.low_count
+            if relabeling:
+                self._relabel(out.logits, out.alpha, y, idx, counts)
+
+        n = max(counts["n"], 1)
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train/loss": sums["loss"] / n,
+            "train/ce": sums["ce"] / n,
+            "train/acc": counts["correct"] / n,
+            "train/lr": lr,
+        }
+        if scn.enabled:
+            row.update(
+                {
+                    "train/rr": sums["rr"] / n,
+                    "scn/alpha_high": sums["high"] / counts["high"] if counts["high"] else None,
+                    "scn/alpha_low": sums["low"] / counts["low"] if counts["low"] else None,
+                    "scn/relabeled": counts["relabeled"],
+                    "scn/relabel_fixed": counts["fixed"],
+                    "scn/relabel_broken": counts["broken"],
+                }
+            )
+        row["scn/noisy_labels"] = int((self.labels != self.clean_labels).sum())
+        return row
+
+    def _relabel(self, logits, alpha, y, idx, counts) -> None:
+        """Apply the relabel rule to this batch and audit it against the clean reference."""
+        scn = self.cfg.scn
+        candidates = None
+        if scn.relabel_scope == RelabelScope.low:
+            _, low = split_groups(alpha, scn.beta)
+            candidates = torch.zeros_like(y, dtype=torch.bool)
+            candidates[low] = True
+        new = relabel(logits, y, scn.margin_2, candidates).cpu()
+        old = y.cpu()
+        changed = new != old
+        if not changed.any():
+            return
+        where = idx[changed]
+        clean = self.clean_labels[where]
+        counts["relabeled"] += int(changed.sum())
+        counts["fixed"] += int(((old[changed] != clean) & (new[changed] == clean)).sum())
+        counts["broken"] += int(((old[changed] == clean) & (new[changed] != clean)).sum())
+        self.labels[where] = new[changed]
+
+    def evaluate(self, split: Split, prefix: str) -> dict[str, Any]:
+        cm = predict_confusion(
+            self.model,
+            self._loader(split, train=False),
+            torch.as_tensor(split.labels, dtype=torch.long),
+            self.num_classes,
+            self.device,
+            self.memory_format,
+            self.progress,
+            desc=prefix,
+        )
+        return metrics_from_confusion(cm, self.class_names, prefix)
+
+    def fit(self, tracker) -> dict[str, Any]:
+        """Train from the epoch after the last completed one to trainer.epochs."""
+        cfg = self.cfg
+        selected_on = "val" if self.data.val is not None else "test"
+        if self.epoch >= cfg.trainer.epochs:
+            raise UserError(
+                f"the checkpoint already completed epoch {self.epoch}; raise trainer.epochs to go on"
+            )
+        epochs = range(self.epoch + 1, cfg.trainer.epochs + 1)
+        with logging_redirect_tqdm():  # log lines print above the bars instead of through them
+            for epoch in tqdm(epochs, desc="epochs", disable=not self.progress):
+                self._fit_epoch(epoch, tracker, selected_on)
+        summary = self.summary(selected_on)
+        write_json(self.output_dir / "summary.json", summary)
+        return summary
+
+    def _fit_epoch(self, epoch: int, tracker, selected_on: str) -> None:
+        """Train one epoch, evaluate, select, record and checkpoint."""
+        cfg = self.cfg
+        keep = cfg.trainer.checkpoints
+        start = time.perf_counter()
+        row = self.train_epoch(epoch)
+        if self.data.val is not None:
+            row.update(self.evaluate(self.data.val, "val"))
+        row.update(self.evaluate(self.data.test, "test"))
+        self.scheduler.step()
+        self.epoch = epoch
+        self.history.append(row)
+        score = row[f"{selected_on}/acc"]
+        improved = self.best is None or score > self.best["score"]
+        if improved:
+            self.best = {"epoch": epoch, "score": score}
+        write_metrics(self.output_dir / "metrics.jsonl", self.history)
+        tracker.log(row)
+        if keep == "best_and_last" and improved:
+            self.save("best.pt")
+        if keep in ("last", "best_and_last"):
+            self.save("last.pt")
+        val = f"val/acc {row['val/acc']:.4f}  " if "val/acc" in row else ""
+        log.info(
+            "epoch %d/%d  loss %.4f  train/acc %.4f  %stest/acc %.4f  relabeled %s  (%.1fs)",
+            epoch,
+            cfg.trainer.epochs,
+            row["train/loss"],
+            row["train/acc"],
+            val,
+            row["test/acc"],
+            row.get("scn/relabeled", "-"),
+            time.perf_counter() - start,
+        )
+
+    def summary(self, selected_on: str) -> dict[str, Any]:
+        sel = self.history[self.best["epoch"] - 1]
+        last = self.history[-1]
+        noisy0 = self.initial_labels != self.clean_labels
+        right_now = self.labels == self.clean_labels
+        summary: dict[str, Any] = {
+            "test/acc": sel["test/acc"],
+            "test/mean_class_acc": sel["test/mean_class_acc"],
+            "test/class_acc": sel["test/class_acc"],
+            "test/acc_best": max(r["test/acc"] for r in self.history),
+            "test/acc_last": last["test/acc"],
+            "test/mean_class_acc_last": last["test/mean_class_acc"],
+            "selected_epoch": self.best["epoch"],
+            "selected_on": selected_on,
+            "selection_note": (
+                "epoch selected on a validation split held out from train"
+                if selected_on == "val"
+                else "epoch selected on the test split, as the papers do (set dataset.val_fraction "
+                "for an unbiased estimate)"
+            ),
+            "epochs": self.epoch,
+            "scn/relabeled_total": sum(r.get("scn/relabeled", 0) for r in self.history),
+            "scn/noisy_labels_initial": int(noisy0.sum()),
+            "scn/noisy_labels_final": int((~right_now).sum()),
+            "scn/noisy_labels_fixed": int((noisy0 & right_now).sum()),
+            "scn/clean_labels_broken": int((~noisy0 & ~right_now).sum()),
+            "output_dir": str(self.output_dir),
+        }
+        if selected_on == "val":
+            summary["val/acc"] = sel["val/acc"]
+            summary["val/mean_class_acc"] = sel["val/mean_class_acc"]
+            summary["val/acc_best"] = max(r["val/acc"] for r in self.history)
+        return summary

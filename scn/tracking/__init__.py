@@ -1,0 +1,1 @@
+"""Tracking out: local metrics files and Weights & Biases."""

@@ -1,0 +1,93 @@
+"""Shared fixtures: isolated W&B and caches, tiny generated datasets, composed configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+import scn.config  # noqa: F401  (registers the scn schema)
+from scn.data.synthetic import ensure_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# tiny settings shared by in-process and subprocess runs: 32 px, a few images, few steps
+TINY = [
+    "dataset=synthetic",
+    "dataset.synthetic.train_per_class=6",
+    "dataset.synthetic.test_per_class=3",
+    "dataset.synthetic.image_size=40",
+    "dataset.image_size=32",
+    "trainer.epochs=2",
+    "trainer.batch_size=16",
+    "trainer.progress=false",
+    "dataset.num_workers=0",
+    "logger=none",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("scn_cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch, tmp_path, cache_dir):
+    """No W&B network or prompts, no writes outside temp folders, few threads."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("SCN_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("SCN_DATA_DIR", str(tmp_path / "no-data-here"))
+    torch.set_num_threads(2)
+
+
+def compose_cfg(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    """Compose like run.py does, with HydraConfig set so ${hydra:...} resolves."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    def make(*extra: str) -> DictConfig:
+        return compose_cfg([*TINY, *extra], tmp_path / "run")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(cache_dir) -> Path:
+    return ensure_synthetic(cache_dir, train_per_class=6, test_per_class=3, image_size=40, seed=0)
+
+
+def write_rafdb(root: Path, rows: list[tuple[str, int]], size: int = 24, mode: str = "RGB") -> Path:
+    """A RAF-DB-layout folder with random images; rows are (name, 1-based label)."""
+    img_dir = root / "Image" / "aligned"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    (root / "EmoLabel").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    # every file is named .jpg as in RAF-DB; Pillow reads by content
+    fmt = "JPEG" if mode in ("RGB", "L", "CMYK") else "PNG"
+    for name, _ in rows:
+        arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(arr).convert(mode).save(
+            img_dir / f"{Path(name).stem}_aligned.jpg", format=fmt
+        )
+    text = "\n".join(f"{n} {lab}" for n, lab in rows)
+    (root / "EmoLabel" / "list_patition_label.txt").write_text(text)
+    return root

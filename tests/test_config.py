@@ -1,0 +1,124 @@
+"""Every option of every group composes, instantiates and keeps the interface keys."""
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from scn.config import RelabelScope, instantiate, to_container
+from scn.models.backbones import create_backbone, resolve_preprocessing
+from tests.conftest import CONF, compose_cfg
+
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir()}
+GROUPS.pop("local")
+OPTIONS = [(g, o) for g, opts in sorted(GROUPS.items()) for o in opts]
+
+INTERFACE = [
+    "trainer.epochs",
+    "trainer.batch_size",
+    "trainer.device",
+    "trainer.seed",
+    "trainer.checkpoints",
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "dataset.root",
+    "dataset.image_size",
+    "dataset.noise.rate",
+    "dataset.noise.seed",
+    "dataset.label_file",
+    "dataset.val_fraction",
+    "scn.enabled",
+    "scn.beta",
+    "scn.margin_1",
+    "scn.margin_2",
+    "scn.relabel_epoch",
+    "scn.relabel_scope",
+    "scn.rr_weight",
+    "logger.mode",
+    "paths.cache_dir",
+    "ckpt_path",
+]
+
+
+def test_groups_hold_the_required_options():
+    for group, options in {
+        "dataset": ["rafdb", "synthetic"],
+        "optimizer": ["adam", "sgd"],
+        "scheduler": ["cosine", "exponential", "step"],
+        "logger": ["none", "wandb"],
+        "experiment": ["demo", "rafdb_original"],
+        "backbone": ["resnet18"],
+    }.items():
+        assert set(options) <= set(GROUPS[group]), group
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_every_option_composes_and_keeps_interface_keys(group, option, tmp_path):
+    key = f"{group}={option}"
+    cfg = compose_cfg([key], tmp_path)
+    for k in INTERFACE:
+        assert OmegaConf.select(cfg, k, default="<missing>") != "<missing>", (
+            f"{k} missing with {key}"
+        )
+    to_container(cfg)  # every interpolation resolves
+
+
+@pytest.mark.parametrize("option", GROUPS["optimizer"])
+def test_optimizers_instantiate_with_lr_for_every_group(option, tmp_path):
+    cfg = compose_cfg([f"optimizer={option}", "optimizer.lr=0.123"], tmp_path)
+    opt = instantiate(cfg.optimizer)(params=torch.nn.Linear(2, 2).parameters())
+    assert all(g["lr"] == 0.123 for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("option", GROUPS["scheduler"])
+def test_schedulers_instantiate_and_step(option, tmp_path):
+    cfg = compose_cfg([f"scheduler={option}"], tmp_path)
+    opt = instantiate(cfg.optimizer)(params=torch.nn.Linear(2, 2).parameters())
+    sched = instantiate(cfg.scheduler)(optimizer=opt)
+    for _ in range(cfg.scheduler.get("step_size", 1)):  # StepLR decays after step_size epochs
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] < cfg.optimizer.lr
+
+
+@pytest.mark.parametrize("option", GROUPS["backbone"])
+def test_backbones_build_and_run_forward_backward(option, tmp_path):
+    cfg = compose_cfg([f"backbone={option}"], tmp_path)
+    model = create_backbone(cfg.backbone)
+    pre = resolve_preprocessing(cfg.backbone, None, model)
+    native = timm.data.resolve_model_data_config(model)
+    assert pre.input_size == native["input_size"][-1] and pre.mean == tuple(native["mean"])
+    assert resolve_preprocessing(cfg.backbone, 32, model).input_size == 32  # explicit value wins
+    feats = model(torch.randn(2, 3, 32, 32))
+    assert feats.shape == (2, model.num_features)
+    feats.sum().backward()
+
+
+def test_original_recipe_defaults(tmp_path):
+    cfg = compose_cfg([], tmp_path)
+    assert cfg.optimizer.lr == 0.001 and cfg.optimizer.weight_decay == 0.0001
+    assert cfg.scheduler.gamma == 0.9 and cfg.trainer.batch_size == 64 and cfg.trainer.epochs == 70
+    assert (cfg.scn.beta, cfg.scn.margin_1, cfg.scn.margin_2, cfg.scn.relabel_epoch) == (
+        0.7,
+        0.07,
+        0.2,
+        10,
+    )
+    assert cfg.scn.relabel_scope == RelabelScope.all and cfg.scn.rr_weight == 1.0
+    assert cfg.dataset.name == "rafdb" and cfg.logger.backend == "wandb"
+    assert Path(cfg.dataset.root).name == "raf-basic"
+    demo = compose_cfg(["experiment=demo"], tmp_path)
+    assert demo.dataset.noise.rate == 0.2 and demo.scn.relabel_epoch <= demo.trainer.epochs / 2
+
+
+def test_scn_schema_rejects_typos_and_wrong_types(tmp_path):
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg(["scn.margn_1=0.1"], tmp_path)
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_cfg(["scn.relabel_scope=some"], tmp_path)
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_cfg(["scn.relabel_epoch=soon"], tmp_path)

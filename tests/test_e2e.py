@@ -1,0 +1,81 @@
+"""`python run.py` in a subprocess, single run and multirun, on tiny generated data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, TINY
+
+pytestmark = pytest.mark.e2e
+
+
+def run_py(args, tmp_path, cache_dir):
+    env = {
+        **os.environ,
+        "SCN_CACHE_DIR": str(cache_dir),
+        "WANDB_MODE": "disabled",
+        "HYDRA_FULL_ERROR": "1",
+    }
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_single_run_from_another_directory(tmp_path, cache_dir):
+    proc = run_py(
+        [
+            *TINY,
+            "dataset.num_workers=1",
+            "dataset.noise.rate=0.2",
+            "scn.relabel_epoch=2",
+            "hydra.run.dir=out",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["test/acc"] <= 1.0 and summary["selected_on"] == "test"
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+    assert (out / ".hydra/config.yaml").is_file()
+    log = (out / "run.log").read_text()
+    assert "noisy train labels 8 ->" in log and f"outputs in {out}" in log
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing written outside the run dir
+
+
+def test_multirun_over_margin_1(tmp_path, cache_dir):
+    proc = run_py(
+        [
+            "-m",
+            *TINY,
+            "trainer.epochs=1",
+            "trainer.checkpoints=none",
+            "scn.margin_1=0.05,0.15",
+            "hydra.sweep.dir=sweep",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted((tmp_path / "sweep").glob("*/summary.json"))
+    assert len(jobs) == 2
+    for n, (job, margin) in enumerate(zip(jobs, ("0.05", "0.15"), strict=True)):
+        assert job.parent.name == str(n)
+        assert f"scn.margin_1={margin}" in (job.parent / ".hydra/overrides.yaml").read_text()
+        assert f"margin_1: {margin}" in (job.parent / ".hydra/config.yaml").read_text()
+        assert len((job.parent / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_missing_rafdb_root_fails_with_a_clear_message(tmp_path, cache_dir):
+    proc = run_py(["logger=none", "trainer.progress=false"], tmp_path, cache_dir)
+    assert proc.returncode != 0
+    assert "dataset root not found" in proc.stderr and "experiment=demo" in proc.stderr

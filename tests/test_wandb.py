@@ -1,0 +1,80 @@
+"""W&B: an offline run is written with the nested config, per-epoch metrics and the summary."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from scn.app import train
+from scn.tracking.local import read_metrics
+from scn.tracking.wandb_run import flatten_row, resolve_mode
+
+
+def inspect(run_dir, *flags):
+    exe = shutil.which("wandb")
+    proc = subprocess.run(
+        [exe, "leet", "inspect", *flags, "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_offline_run_holds_config_history_and_summary(tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = tiny_cfg("logger=wandb", "logger.name=tiny", "trainer.checkpoints=last")
+    summary = train(cfg)
+    run_dirs = list((tmp_path / "run/wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 1
+    got = json.loads(inspect(run_dirs[0], "--summary"))
+    assert got["name"] == "tiny" and got["state"] == "finished" and got["exit_code"] == 0
+    assert got["config"]["scn"]["margin_1"] == 0.07  # nested, resolved
+    assert got["config"]["choices"]["dataset"] == "synthetic"
+    assert "hydra" not in got["config"]
+    for key in ("test/acc_best", "test/acc_last", "selected_epoch", "scn/noisy_labels_final"):
+        assert got["summary"][key] == pytest.approx(summary[key]), key
+    assert got["summary"]["selected_on"] == "test"
+
+    records = [json.loads(line) for line in inspect(run_dirs[0]).splitlines() if line.strip()]
+    history = [r["history"]["item"] for r in records if r.get("type") == "history"]
+    rows = read_metrics(tmp_path / "run/metrics.jsonl")
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["test/acc"] for h in history] == [r["test/acc"] for r in rows]
+    assert history[0]["test/class_acc/Happiness"] == rows[0]["test/class_acc"]["Happiness"]
+    # the run id is kept in the checkpoint so a resume continues the same W&B run
+    state = torch.load(tmp_path / "run/last.pt", weights_only=True)
+    assert state["wandb_run_id"] == got["run_id"]
+
+
+def test_mode_resolution_never_prompts(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    assert resolve_mode(None) == "offline"
+    assert resolve_mode("disabled") == "disabled"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode(None) == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert resolve_mode(None) == "offline"
+
+
+def test_flatten_row_keeps_scalars_and_per_class_values():
+    row = {
+        "epoch": 3,
+        "test/acc": 0.5,
+        "test/class_acc": {"Fear": 0.25, "Neutral": None},
+        "test/confusion": [[1, 0], [0, 1]],
+        "flag": True,
+    }
+    assert flatten_row(row) == {"epoch": 3, "test/acc": 0.5, "test/class_acc/Fear": 0.25}
+
+
+@pytest.mark.parametrize("backend", ["none"])
+def test_logger_none_writes_no_wandb_files(tiny_cfg, tmp_path, backend):
+    train(tiny_cfg(f"logger={backend}", "trainer.epochs=1", "trainer.checkpoints=none"))
+    assert not (tmp_path / "run/wandb").exists()
