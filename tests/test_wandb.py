@@ -78,3 +78,27 @@ def test_flatten_row_keeps_scalars_and_per_class_values():
 def test_logger_none_writes_no_wandb_files(tiny_cfg, tmp_path, backend):
     train(tiny_cfg(f"logger={backend}", "trainer.epochs=1", "trainer.checkpoints=none"))
     assert not (tmp_path / "run/wandb").exists()
+
+
+def test_online_init_failure_falls_back_to_offline(tiny_cfg, tmp_path, monkeypatch):
+    """No network must never cost the training run."""
+    import wandb
+
+    real_init = wandb.init
+    modes = []
+
+    def flaky_init(**kwargs):
+        modes.append(kwargs["mode"])
+        if kwargs["mode"] == "online":
+            raise wandb.errors.CommError("network unreachable")
+        return real_init(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", flaky_init)
+    summary = train(
+        tiny_cfg(
+            "logger=wandb", "logger.mode=online", "trainer.epochs=1", "trainer.checkpoints=none"
+        )
+    )
+    assert modes == ["online", "offline"]
+    assert len(list((tmp_path / "run/wandb").glob("offline-run-*"))) == 1
+    assert 0.0 <= summary["test/acc"] <= 1.0

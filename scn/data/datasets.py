@@ -94,7 +94,9 @@ def resolve_root(dcfg: DictConfig, cache_dir: Path) -> Path:
 
         return ensure_synthetic(cache_dir, **dcfg.synthetic)
     if dcfg.root is None:
-        raise UserError("dataset.root is not set; point it at the folder holding EmoLabel/ and Image/")
+        raise UserError(
+            "dataset.root is not set; point it at the folder holding EmoLabel/ and Image/"
+        )
     root = Path(str(dcfg.root)).expanduser()
     if not root.is_dir():
         raise UserError(
@@ -167,7 +169,9 @@ def load_dataset(dcfg: DictConfig, cache_dir: Path) -> DataBundle:
     notes: list[str] = []
     if dcfg.label_file:
         train.labels = _labels_from_file(dcfg, [e.name for e in by_split["train"]], num_classes)
-        notes.append(f"train labels from {dcfg.label_file}: {int(train.noisy.sum())} differ from clean")
+        notes.append(
+            f"train labels from {dcfg.label_file}: {int(train.noisy.sum())} differ from clean"
+        )
     if dcfg.noise.rate > 0:
         train.labels, flipped = symmetric_noise(
             train.labels, dcfg.noise.rate, dcfg.noise.seed, num_classes

@@ -48,7 +48,9 @@ def parse_label_file(path: Path, fmt: str = "auto", num_classes: int = 7) -> lis
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not a UTF-8 text file ({e}); expected '<image> <label>' lines") from e
+        raise UserError(
+            f"{path}: not a UTF-8 text file ({e}); expected '<image> <label>' lines"
+        ) from e
     entries: list[LabelEntry] = []
     seen: dict[str, int] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):

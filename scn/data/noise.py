@@ -30,7 +30,9 @@ def symmetric_noise(
     return noisy, flipped
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split positions into (keep, held_out) with round(fraction * n_c) held out of every class c."""
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"dataset.val_fraction={fraction} must lie in [0, 1)")

@@ -82,8 +82,11 @@ def render_face(rng: np.random.Generator, label: int, size: int = 100) -> Image.
         inner = (cx + side * rx * 0.12, brow_base - ry * 0.14 * brow_angle)
         outer = (cx + side * rx * 0.65, brow_base + ry * 0.14 * brow_angle)
         d.line([inner, outer], fill=dark, width=max(2, int(s * 0.055)))
-    d.line([(cx, cy - ry * 0.05), (cx - rx * 0.06, cy + ry * 0.2), (cx + rx * 0.04, cy + ry * 0.2)],
-           fill=tuple(int(v * 0.8) for v in skin_rgb), width=max(1, int(s * 0.012)))
+    d.line(
+        [(cx, cy - ry * 0.05), (cx - rx * 0.06, cy + ry * 0.2), (cx + rx * 0.04, cy + ry * 0.2)],
+        fill=tuple(int(v * 0.8) for v in skin_rgb),
+        width=max(1, int(s * 0.012)),
+    )
 
     mouth_y = cy + ry * 0.5
     half_w = rx * 0.45 * max(width, 0.3)
@@ -110,7 +113,9 @@ def render_face(rng: np.random.Generator, label: int, size: int = 100) -> Image.
     direction /= np.linalg.norm(direction) + 1e-8
     yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
     light = 1.0 + rng.uniform(0, 0.4) * (xx * direction[0] + yy * direction[1])
-    arr = arr * light[..., None] * rng.uniform(0.8, 1.15) + rng.normal(0, rng.uniform(2, 6), arr.shape)
+    arr = arr * light[..., None] * rng.uniform(0.8, 1.15) + rng.normal(
+        0, rng.uniform(2, 6), arr.shape
+    )
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
@@ -127,13 +132,17 @@ def write_synthetic(
     img_dir.mkdir(parents=True)
     (root / RAFDB_LABEL_FILE).parent.mkdir(parents=True)
     lines = []
-    for split_id, (split, per_class) in enumerate((("train", train_per_class), ("test", test_per_class))):
+    for split_id, (split, per_class) in enumerate(
+        (("train", train_per_class), ("test", test_per_class))
+    ):
         labels = np.repeat(np.arange(7), per_class)
         labels = np.random.default_rng([seed, split_id]).permutation(labels)
         for i, label in enumerate(labels, start=1):
             name = f"{split}_{i:05d}"
             rng = np.random.default_rng([seed, split_id, i])  # per image: order does not matter
-            render_face(rng, int(label), image_size).save(img_dir / f"{name}_aligned.jpg", quality=92)
+            render_face(rng, int(label), image_size).save(
+                img_dir / f"{name}_aligned.jpg", quality=92
+            )
             lines.append(f"{name}.jpg {label + 1}")
     (root / RAFDB_LABEL_FILE).write_text("\n".join(lines) + "\n")
 
@@ -144,7 +153,10 @@ def ensure_synthetic(
     """Return the generated folder, writing it first if absent. Written in a temp folder and renamed,
     so jobs of a sweep starting together never see a half-written set."""
     settings = dict(
-        train_per_class=train_per_class, test_per_class=test_per_class, image_size=image_size, seed=seed
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        image_size=image_size,
+        seed=seed,
     )
     base = Path(cache_dir).expanduser() / "synthetic"
     root = base / settings_key(**settings)

@@ -105,9 +105,8 @@ class Trainer:
         self.scheduler = instantiate(cfg.scheduler)(optimizer=self.optimizer)
 
         train = self.data.train
-        self.labels = torch.as_tensor(
-            train.labels, dtype=torch.long
-        ).clone()  # edited by relabeling
+        # the labels in use: one tensor indexed by dataset position, edited by relabeling
+        self.labels = torch.as_tensor(train.labels, dtype=torch.long).clone()
         self.initial_labels = self.labels.clone()
         self.clean_labels = torch.as_tensor(train.clean_labels, dtype=torch.long)
         self.epoch = 0  # last completed epoch
