@@ -95,9 +95,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         state = load_checkpoint(cfg.ckpt_path)
         cfg = resume_config(cfg, state)
         log.info("resuming %s after epoch %d", cfg.ckpt_path, state["epoch"])
-    trainer = Trainer(cfg, output_dir)
-    if state is not None:
-        trainer.load_state_dict(state)
+    trainer = Trainer(cfg, output_dir, state)
     tracker = build_tracker(cfg, output_dir, run_id=trainer.run_id)
     trainer.run_id = tracker.run_id
     try:

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from scn.config import RelabelScope, instantiate, to_container
-from scn.models.backbones import create_backbone, resolve_preprocessing
+from scn.models.backbones import create_backbone, feature_dim, resolve_preprocessing
 from tests.conftest import CONF, compose_cfg
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir()}
@@ -87,14 +87,15 @@ def test_schedulers_instantiate_and_step(option, tmp_path):
 
 @pytest.mark.parametrize("option", GROUPS["backbone"])
 def test_backbones_build_and_run_forward_backward(option, tmp_path):
-    cfg = compose_cfg([f"backbone={option}"], tmp_path)
+    extra = ["backbone.name=convnext_atto"] if option == "timm" else []
+    cfg = compose_cfg([f"backbone={option}", *extra], tmp_path)
     model = create_backbone(cfg.backbone)
     pre = resolve_preprocessing(cfg.backbone, None, model)
     native = timm.data.resolve_model_data_config(model)
     assert pre.input_size == native["input_size"][-1] and pre.mean == tuple(native["mean"])
     assert resolve_preprocessing(cfg.backbone, 32, model).input_size == 32  # explicit value wins
     feats = model(torch.randn(2, 3, 32, 32))
-    assert feats.shape == (2, model.num_features)
+    assert feats.shape == (2, feature_dim(model))
     feats.sum().backward()
 
 
@@ -122,3 +123,19 @@ def test_scn_schema_rejects_typos_and_wrong_types(tmp_path):
         compose_cfg(["scn.relabel_scope=some"], tmp_path)
     with pytest.raises((ConfigCompositionException, ValidationError)):
         compose_cfg(["scn.relabel_epoch=soon"], tmp_path)
+
+
+def test_feature_sizes_come_from_the_model(tmp_path):
+    sizes = {}
+    for option in ("resnet18", "vgg16", "iresnet18"):
+        sizes[option] = feature_dim(
+            create_backbone(compose_cfg([f"backbone={option}"], tmp_path).backbone)
+        )
+    assert sizes == {"resnet18": 512, "vgg16": 4096, "iresnet18": 512}
+
+
+def test_timm_option_needs_a_name(tmp_path):
+    from scn.errors import UserError
+
+    with pytest.raises(UserError, match="backbone.name is not set"):
+        create_backbone(compose_cfg(["backbone=timm"], tmp_path).backbone)

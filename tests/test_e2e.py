@@ -79,3 +79,31 @@ def test_missing_rafdb_root_fails_with_a_clear_message(tmp_path, cache_dir):
     proc = run_py(["logger=none", "trainer.progress=false"], tmp_path, cache_dir)
     assert proc.returncode != 0
     assert "dataset root not found" in proc.stderr and "experiment=demo" in proc.stderr
+
+
+def test_every_backbone_option_trains_a_tiny_epoch(tmp_path, cache_dir):
+    options = sorted(p.stem for p in (ROOT / "conf/backbone").glob("*.yaml"))
+    assert {
+        "resnet18",
+        "vgg16",
+        "timm",
+        "iresnet18",
+        "iresnet34",
+        "iresnet50",
+        "iresnet100",
+    } <= set(options)
+    swept = [o for o in options if o != "timm"]
+    tiny = [*TINY, "trainer.epochs=1", "trainer.checkpoints=none"]
+    proc = run_py(
+        ["-m", *tiny, f"backbone={','.join(swept)}", "hydra.sweep.dir=sweep"], tmp_path, cache_dir
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_py([*tiny, "backbone=timm", "backbone.name=convnext_atto", "hydra.run.dir=timm"],
+                  tmp_path, cache_dir)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = sorted((tmp_path / "sweep").glob("*/summary.json")) + [
+        tmp_path / "timm/summary.json"
+    ]
+    assert len(summaries) == len(options)
+    for path in summaries:
+        assert 0.0 <= json.loads(path.read_text())["test/acc"] <= 1.0

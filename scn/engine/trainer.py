@@ -26,8 +26,9 @@ from scn.engine.checkpoint import save_checkpoint
 from scn.engine.evaluate import metrics_from_confusion, predict_confusion
 from scn.engine.scn_loss import relabel, scn_loss, split_groups
 from scn.errors import UserError
-from scn.models.backbones import create_backbone, resolve_preprocessing
+from scn.models.backbones import Preprocessing, create_backbone, resolve_preprocessing
 from scn.models.scn_model import SCNModel
+from scn.models.weights import load_pretrained
 from scn.tracking.local import write_json, write_metrics
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,9 @@ def set_rng_states(states: dict[str, Any]) -> None:
 class Trainer:
     """Owns the model, optimiser, scheduler and the train-label tensor that relabeling edits."""
 
-    def __init__(self, cfg: DictConfig, output_dir: Path):
+    def __init__(self, cfg: DictConfig, output_dir: Path, state: dict[str, Any] | None = None):
+        """`state`: a checkpoint to resume from (it replaces any backbone.weights and keeps the
+        preprocessing the run started with)."""
         if cfg.trainer.checkpoints not in CHECKPOINT_CHOICES:
             raise UserError(
                 f"trainer.checkpoints={cfg.trainer.checkpoints!r}; use one of {CHECKPOINT_CHOICES}"
@@ -90,17 +93,34 @@ class Trainer:
         self.progress = bool(cfg.trainer.progress)
         seed_everything(cfg.trainer.seed)
 
-        backbone = create_backbone(cfg.backbone)
-        self.preprocessing = resolve_preprocessing(cfg.backbone, cfg.dataset.image_size, backbone)
         self.data = load_dataset(cfg.dataset, Path(str(cfg.paths.cache_dir)).expanduser())
         self.class_names = self.data.class_names
         self.num_classes = len(self.class_names)
+        backbone = create_backbone(cfg.backbone)
+        self.model = SCNModel(backbone, self.num_classes, scn=cfg.scn.enabled)
+        if state is not None:
+            pre = state["preprocessing"]
+            self.preprocessing = Preprocessing(
+                pre["input_size"], tuple(pre["mean"]), tuple(pre["std"])
+            )
+        else:
+            implied = None
+            if cfg.backbone.weights:
+                report = load_pretrained(
+                    self.model,
+                    cfg.backbone.weights,
+                    cfg.backbone.weights_strict,
+                    cfg.backbone.weights_unsafe,
+                )
+                implied = report.preprocessing
+            self.preprocessing = resolve_preprocessing(
+                cfg.backbone, cfg.dataset.image_size, backbone, implied
+            )
+        log.info("preprocessing: %s", self.preprocessing)
         self.memory_format = (
             torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
         )
-        self.model = SCNModel(backbone, self.num_classes, scn=cfg.scn.enabled).to(
-            self.device, memory_format=self.memory_format
-        )
+        self.model.to(self.device, memory_format=self.memory_format)
         self.optimizer = instantiate(cfg.optimizer)(params=self.model.parameters())
         self.scheduler = instantiate(cfg.scheduler)(optimizer=self.optimizer)
 
@@ -136,6 +156,8 @@ class Trainer:
             pre.input_size,
             self.device,
         )
+        if state is not None:
+            self.load_state_dict(state)
 
     # ---------------------------------------------------------------- data
     def _loader(self, split: Split, train: bool, generator: torch.Generator | None = None):

@@ -7,6 +7,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from scn.models.backbones import feature_dim
+
 
 class SCNOutput(NamedTuple):
     logits: (
@@ -38,7 +40,7 @@ class SCNModel(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, scn: bool = True):
         super().__init__()
         self.backbone = backbone
-        self.head = SCNHead(backbone.num_features, num_classes, scn)
+        self.head = SCNHead(feature_dim(backbone), num_classes, scn)
 
     def forward(self, x: torch.Tensor) -> SCNOutput:
         features = self.backbone(x)
