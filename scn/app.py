@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scn.config import hydra_choices, to_container
 from scn.engine.checkpoint import load_checkpoint
+from scn.engine.evaluate import evaluate_checkpoint
 from scn.engine.trainer import Trainer
 from scn.errors import UserError
 from scn.tracking.wandb_run import build_tracker
@@ -127,7 +128,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-TASKS = {"train": train}
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Re-evaluate a checkpoint and return its report."""
+    report = evaluate_checkpoint(cfg)
+    split = report["split"]
+    line = f"{split}/acc %.4f, mean per class %.4f on %d images"
+    args = [report[f"{split}/acc"], report[f"{split}/mean_class_acc"], report["images"]]
+    if "hflip" in report:
+        line += "; with flip TTA %.4f"
+        args.append(report["hflip"]["acc"])
+    log.info(line, *args)
+    log.info("outputs in %s", cfg.paths.output_dir)
+    return report
+
+
+TASKS = {"train": train, "eval": evaluate}
 
 
 def main(cfg: DictConfig) -> float:

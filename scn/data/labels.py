@@ -11,6 +11,7 @@ RAFDB_LABEL_FILE = Path("EmoLabel/list_patition_label.txt")  # sic: RAF-DB's own
 RAFDB_IMAGE_DIR = Path("Image/aligned")
 ALIGNED_SUFFIX = "_aligned.jpg"
 LABEL_FORMATS = ("auto", "rafdb", "scn_list")
+RAFDB_CLASS_NAMES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
 
 
 @dataclass(frozen=True)

@@ -44,17 +44,87 @@ def predict_confusion(
     memory_format: torch.memory_format = torch.contiguous_format,
     progress: bool = False,
     desc: str = "eval",
+    hflip: bool = False,
 ) -> torch.Tensor:
     """Run the model over a loader of (image, index) and count the confusion matrix."""
     was_training = model.training
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for x, idx in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        preds = (
-            model(x.to(device, non_blocking=True, memory_format=memory_format))
-            .logits.argmax(dim=1)
-            .cpu()
-        )
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        if hflip:  # test-time augmentation: average the probabilities of the image and its mirror
+            probs = torch.softmax(model(x).logits.float(), 1)
+            probs += torch.softmax(model(x.flip(-1)).logits.float(), 1)
+            preds = probs.argmax(dim=1).cpu()
+        else:
+            preds = model(x).logits.argmax(dim=1).cpu()
         cm += confusion_matrix(labels[idx], preds, num_classes)
     model.train(was_training)
     return cm
+
+
+def evaluate_checkpoint(cfg) -> dict:
+    """task=eval: re-evaluate `ckpt_path` on a split of the checkpoint's dataset (or of a dataset
+    given on the command line) and write eval.json, confusion.json and confusion.png."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from scn.data.datasets import FaceImages, load_dataset
+    from scn.errors import UserError
+    from scn.inference import load_model
+    from scn.tracking.figures import save_confusion_png
+    from scn.tracking.local import write_json
+
+    if not cfg.ckpt_path:
+        raise UserError("task=eval needs ckpt_path=<best.pt or last.pt>")
+    lm = load_model(cfg.ckpt_path, cfg.trainer.device)
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    own_dataset = not any(o.lstrip("+~").startswith(("dataset", "experiment")) for o in overrides)
+    dcfg = lm.config.dataset if own_dataset else cfg.dataset
+    data = load_dataset(dcfg, Path(str(cfg.paths.cache_dir)).expanduser())
+    split = {"train": data.train, "val": data.val, "test": data.test}.get(cfg.eval.split)
+    if split is None:
+        raise UserError(
+            f"eval.split={cfg.eval.split!r}: use test, train, or val (needs a val split)"
+        )
+    if len(data.class_names) != len(lm.class_names):
+        raise UserError(
+            f"the checkpoint predicts {len(lm.class_names)} classes but the dataset has "
+            f"{len(data.class_names)}; evaluate on a dataset with the same classes"
+        )
+    memory_format = (
+        torch.channels_last if lm.config.trainer.channels_last else torch.contiguous_format
+    )
+    lm.model.to(memory_format=memory_format)
+    loader = DataLoader(
+        FaceImages(split.paths, lm.transform), batch_size=lm.config.trainer.eval_batch_size
+    )
+    labels = torch.as_tensor(split.labels, dtype=torch.long)
+    name = cfg.eval.split
+    args = (
+        lm.model,
+        loader,
+        labels,
+        len(lm.class_names),
+        lm.device,
+        memory_format,
+        cfg.trainer.progress,
+    )
+    result = metrics_from_confusion(predict_confusion(*args, desc=name), lm.class_names, name)
+    if cfg.eval.hflip:
+        flipped = metrics_from_confusion(predict_confusion(*args, desc=f"{name}+flip", hflip=True),
+                                         lm.class_names, name)  # fmt: skip
+        result["hflip"] = {k.split("/", 1)[1]: v for k, v in flipped.items()}
+    out = Path(str(cfg.paths.output_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"checkpoint": str(cfg.ckpt_path), "dataset": str(data.root), "split": name,
+              "images": len(split), **result}  # fmt: skip
+    write_json(out / "eval.json", report)
+    write_json(
+        out / "confusion.json",
+        {"class_names": lm.class_names, "confusion": result[f"{name}/confusion"]},
+    )
+    save_confusion_png(result[f"{name}/confusion"], lm.class_names, out / "confusion.png",
+                       f"{name}: acc {result[f'{name}/acc']:.4f}")  # fmt: skip
+    return report

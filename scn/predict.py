@@ -1,0 +1,68 @@
+"""`python -m scn.predict CHECKPOINT IMAGES [--out predictions.csv]`: expression, class probabilities
+and importance weight alpha for every image of a file, folder or list file."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from scn.errors import UserError
+from scn.inference import find_images, finish_report, iter_batches, load_model
+
+log = logging.getLogger(__name__)
+
+
+def predict(
+    checkpoint: str, source: str, out: str, batch_size: int = 64, device: str = "auto"
+) -> int:
+    """Write the CSV; returns the number of images predicted."""
+    lm = load_model(checkpoint, device)
+    paths, _ = find_images(source)
+    skipped: list = []
+    rows = []
+    for batch in iter_batches(paths, lm.transform, batch_size, skipped):
+        result = lm(batch.images)
+        probs = torch.softmax(result.logits.float(), dim=1).cpu()
+        alphas = result.alpha.cpu() if result.alpha is not None else None
+        for j, path in enumerate(batch.paths):
+            row = [str(path), lm.class_names[int(probs[j].argmax())]]
+            row += [f"{p:.6f}" for p in probs[j].tolist()]
+            row.append(f"{alphas[j].item():.6f}" if alphas is not None else "")
+            rows.append(row)
+    finish_report(len(paths), skipped)
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "prediction", *(f"p_{n}" for n in lm.class_names), "alpha"])
+        writer.writerows(rows)
+    log.info("%d predictions written to %s (%d skipped)", len(rows), out_path, len(skipped))
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scn.predict", description=__doc__)
+    parser.add_argument("checkpoint", help="best.pt or last.pt written by a training run")
+    parser.add_argument("images", help="an image, a folder (searched recursively) or a list file")
+    parser.add_argument(
+        "--out", default="predictions.csv", help="CSV to write (default: %(default)s)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        predict(args.checkpoint, args.images, args.out, args.batch_size, args.device)
+    except UserError as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
