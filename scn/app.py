@@ -104,7 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except BaseException:
         tracker.finish(exit_code=1)  # the next job of a multirun starts with no open run
         raise
-    tracker.finish(summary)
+    tracker.finish(summary, trainer)
     s = summary
     log.info(
         "test/acc %.4f (mean per class %.4f) at epoch %d selected on %s; best %.4f, last %.4f",
@@ -130,7 +130,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Re-evaluate a checkpoint and return its report."""
-    report = evaluate_checkpoint(cfg)
+    tracker = build_tracker(cfg, Path(str(cfg.paths.output_dir)), job_type="eval")
+    try:
+        report = evaluate_checkpoint(cfg)
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish(report)
     split = report["split"]
     line = f"{split}/acc %.4f, mean per class %.4f on %d images"
     args = [report[f"{split}/acc"], report[f"{split}/mean_class_acc"], report["images"]]

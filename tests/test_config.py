@@ -139,3 +139,43 @@ def test_timm_option_needs_a_name(tmp_path):
 
     with pytest.raises(UserError, match="backbone.name is not set"):
         create_backbone(compose_cfg(["backbone=timm"], tmp_path).backbone)
+
+
+@pytest.mark.parametrize("recipe", GROUPS["hparams_search"])
+def test_sweep_recipes_name_keys_that_exist(recipe, tmp_path):
+    cfg = compose_cfg([f"hparams_search={recipe}"], tmp_path)
+    params = cfg.hydra.sweeper.params
+    assert params, recipe
+    for key in params:
+        assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", f"{recipe}: {key}"
+    if recipe == "optuna":
+        assert "optuna" in cfg.hydra.sweeper._target_ and cfg.optimized_metric == "val/acc"
+        assert cfg.dataset.val_fraction > 0  # searches select on validation, never on test
+
+
+def test_noise_study_grid_is_the_papers_comparison(tmp_path):
+    params = compose_cfg(["hparams_search=noise_study"], tmp_path).hydra.sweeper.params
+    assert params["dataset.noise.rate"] == "0.0,0.1,0.2,0.3"
+    assert params["scn.enabled"] == "true,false" and len(params["trainer.seed"].split(",")) >= 3
+
+
+def test_slurm_launcher_composes(tmp_path):
+    cfg = compose_cfg(["launcher=slurm"], tmp_path)
+    assert "submitit" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.gpus_per_node == 1
+
+
+@pytest.mark.parametrize(
+    "sweep", sorted((CONF.parent / "sweeps").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_wandb_sweep_files_pass_existing_keys_to_run_py(sweep, tmp_path):
+    import yaml
+
+    spec = yaml.safe_load(sweep.read_text())
+    assert spec["program"] == "run.py" and "${args_no_hyphens}" in spec["command"]
+    assert spec["metric"]["name"] in ("test/acc", "val/acc")
+    cfg = compose_cfg([], tmp_path)
+    for key, values in spec["parameters"].items():
+        assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", (
+            f"{sweep.name}: {key}"
+        )
+        assert all(not isinstance(v, str) for v in values["values"])  # 0.001, not '1e-3'

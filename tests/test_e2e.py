@@ -16,7 +16,6 @@ def run_py(args, tmp_path, cache_dir):
     env = {
         **os.environ,
         "SCN_CACHE_DIR": str(cache_dir),
-        "WANDB_MODE": "disabled",
         "HYDRA_FULL_ERROR": "1",
     }
     return subprocess.run(
@@ -52,13 +51,15 @@ def test_single_run_from_another_directory(tmp_path, cache_dir):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing written outside the run dir
 
 
-def test_multirun_over_margin_1(tmp_path, cache_dir):
+def test_multirun_over_margin_1(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # read the W&B runs back below
     proc = run_py(
         [
             "-m",
             *TINY,
             "trainer.epochs=1",
             "trainer.checkpoints=none",
+            "logger=wandb",
             "scn.margin_1=0.05,0.15",
             "hydra.sweep.dir=sweep",
         ],
@@ -73,6 +74,16 @@ def test_multirun_over_margin_1(tmp_path, cache_dir):
         assert f"scn.margin_1={margin}" in (job.parent / ".hydra/overrides.yaml").read_text()
         assert f"margin_1: {margin}" in (job.parent / ".hydra/config.yaml").read_text()
         assert len((job.parent / "metrics.jsonl").read_text().splitlines()) == 1
+        run_dir = next((job.parent / "wandb").glob("offline-run-*"))
+        out = subprocess.run(["wandb", "leet", "inspect", "--json", str(run_dir)],
+                             capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+        run = next(
+            json.loads(x)["run"]
+            for x in out.splitlines()
+            if '"type": "run"' in x or '"type":"run"' in x
+        )
+        assert run["run_group"] == "sweep" and run["job_type"] == "train"
+        assert f"scn.margin_1={margin}" in run["display_name"] and "seed" not in run["display_name"]
 
 
 def test_missing_rafdb_root_fails_with_a_clear_message(tmp_path, cache_dir):

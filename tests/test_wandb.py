@@ -26,7 +26,8 @@ def inspect(run_dir, *flags):
 
 def test_offline_run_holds_config_history_and_summary(tiny_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = tiny_cfg("logger=wandb", "logger.name=tiny", "trainer.checkpoints=last")
+    cfg = tiny_cfg("logger=wandb", "logger.name=tiny", "logger.log_model=true",
+                   "dataset.noise.rate=0.3", "scn.relabel_epoch=1", "scn.margin_2=0.0")  # fmt: skip
     summary = train(cfg)
     run_dirs = list((tmp_path / "run/wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1
@@ -40,9 +41,34 @@ def test_offline_run_holds_config_history_and_summary(tiny_cfg, tmp_path, monkey
     assert got["summary"]["selected_on"] == "test"
 
     records = [json.loads(line) for line in inspect(run_dirs[0]).splitlines() if line.strip()]
-    history = [r["history"]["item"] for r in records if r.get("type") == "history"]
+    items = [r["history"]["item"] for r in records if r.get("type") == "history"]
+    history = [h for h in items if "test/acc" in h]
     rows = read_metrics(tmp_path / "run/metrics.jsonl")
     assert [h["epoch"] for h in history] == [1, 2]
+    assert all(
+        h["scn/alpha_hist._type"] == "histogram" for h in history
+    )  # alpha histogram per epoch
+    assert all(sum(h["scn/alpha_hist.values"]) == 42 for h in history)  # every train alpha, once
+    tables = items[-1]  # once, at the end: confusion at selected and last epoch, per class, audit
+    for key in (
+        "test/confusion_selected_table",
+        "test/confusion_last_table",
+        "test/per_class",
+        "scn/relabels",
+    ):
+        assert tables[f"{key}._type"] == "table-file", key
+    assert int(tables["scn/relabels.nrows"]) == summary["scn/relabeled_total"]
+    audit = (tmp_path / "run/relabels.csv").read_text().splitlines()
+    assert (
+        audit[0] == "sample,old,new,epoch,clean"
+        and len(audit) == summary["scn/relabeled_total"] + 1
+    )
+    models = [
+        r["artifact"]
+        for r in records
+        if r.get("type") == "artifact" and r["artifact"]["type"] == "model"
+    ]
+    assert len(models) == 1 and "best" in models[0]["aliases"]
     assert [h["test/acc"] for h in history] == [r["test/acc"] for r in rows]
     assert history[0]["test/class_acc/Happiness"] == rows[0]["test/class_acc"]["Happiness"]
     # the run id is kept in the checkpoint so a resume continues the same W&B run

@@ -29,7 +29,7 @@ from scn.errors import UserError
 from scn.models.backbones import Preprocessing, create_backbone, resolve_preprocessing
 from scn.models.scn_model import SCNModel
 from scn.models.weights import load_pretrained
-from scn.tracking.local import write_json, write_metrics
+from scn.tracking.local import write_json, write_metrics, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None  # {"epoch", "score"}
         self.run_id: str | None = None
+        self.relabel_log: list[list[int]] = []  # [dataset index, old label, new label, epoch]
+        self.epoch_alphas = torch.zeros(0)  # this epoch's importance weights, for histograms
         self.choices = hydra_choices()  # group options, so a resume can check them
 
         pre = self.preprocessing
@@ -191,6 +193,7 @@ class Trainer:
             "config": to_container(self.cfg),
             "choices": self.choices,
             "wandb_run_id": self.run_id,
+            "relabel_log": self.relabel_log,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -208,6 +211,7 @@ class Trainer:
         self.best = state["best"]
         self.history = list(state["history"])
         self.run_id = state.get("wandb_run_id")
+        self.relabel_log = [list(e) for e in state.get("relabel_log", [])]
         self.choices = state.get("choices", {})
         set_rng_states(state["rng"])
 
@@ -224,6 +228,7 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         sums = dict.fromkeys(("loss", "ce", "rr", "high", "low"), 0.0)
         counts = dict.fromkeys(("n", "correct", "high", "low", "relabeled", "fixed", "broken"), 0)
+        alphas: list[torch.Tensor] = []
         self.model.train()
         for x, idx in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not self.progress):
             x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
@@ -251,8 +256,11 @@ class Trainer:
                 counts["high"] += rr.high_count
                 counts["low"] += rr.low_count
             if relabeling:
-                self._relabel(out.logits, out.alpha, y, idx, counts)
+                self._relabel(out.logits, out.alpha, y, idx, counts, epoch)
+            if out.alpha is not None:
+                alphas.append(out.alpha.detach().float().cpu())
 
+        self.epoch_alphas = torch.cat(alphas) if alphas else torch.zeros(0)
         n = max(counts["n"], 1)
         row: dict[str, Any] = {
             "epoch": epoch,
@@ -275,7 +283,7 @@ class Trainer:
         row["scn/noisy_labels"] = int((self.labels != self.clean_labels).sum())
         return row
 
-    def _relabel(self, logits, alpha, y, idx, counts) -> None:
+    def _relabel(self, logits, alpha, y, idx, counts, epoch: int) -> None:
         """Apply the relabel rule to this batch and audit it against the clean reference."""
         scn = self.cfg.scn
         candidates = None
@@ -294,6 +302,10 @@ class Trainer:
         counts["fixed"] += int(((old[changed] != clean) & (new[changed] == clean)).sum())
         counts["broken"] += int(((old[changed] == clean) & (new[changed] != clean)).sum())
         self.labels[where] = new[changed]
+        self.relabel_log += [
+            [int(i), int(o), int(n), epoch]
+            for i, o, n in zip(where, old[changed], new[changed], strict=True)
+        ]
 
     def evaluate(self, split: Split, prefix: str) -> dict[str, Any]:
         cm = predict_confusion(
@@ -322,7 +334,30 @@ class Trainer:
                 self._fit_epoch(epoch, tracker, selected_on)
         summary = self.summary(selected_on)
         write_json(self.output_dir / "summary.json", summary)
+        write_text_atomic(self.output_dir / "relabels.csv", self.relabel_table_csv())
         return summary
+
+    def relabel_rows(self) -> list[dict[str, Any]]:
+        """The relabel audit: which sample changed label when, against the clean reference."""
+        names, paths = self.class_names, self.data.train.paths
+        return [
+            {
+                "sample": paths[i].name,
+                "old": names[o],
+                "new": names[n],
+                "epoch": e,
+                "clean": names[int(self.clean_labels[i])],
+            }  # fmt: skip
+            for i, o, n, e in self.relabel_log
+        ]
+
+    def relabel_table_csv(self) -> str:
+        lines = ["sample,old,new,epoch,clean"]
+        lines += [
+            ",".join(str(r[k]) for k in ("sample", "old", "new", "epoch", "clean"))
+            for r in self.relabel_rows()
+        ]
+        return "\n".join(lines) + "\n"
 
     def _fit_epoch(self, epoch: int, tracker, selected_on: str) -> None:
         """Train one epoch, evaluate, select, record and checkpoint."""
@@ -341,7 +376,7 @@ class Trainer:
         if improved:
             self.best = {"epoch": epoch, "score": score}
         write_metrics(self.output_dir / "metrics.jsonl", self.history)
-        tracker.log(row)
+        tracker.log(row, alphas=self.epoch_alphas)
         if keep == "best_and_last" and improved:
             self.save("best.pt")
         if keep in ("last", "best_and_last"):

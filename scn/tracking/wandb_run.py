@@ -21,10 +21,12 @@ class NullTracker:
 
     run_id: str | None = None
 
-    def log(self, row: dict[str, Any]) -> None:
+    def log(self, row: dict[str, Any], alphas=None) -> None:
         pass
 
-    def finish(self, summary: dict[str, Any] | None = None, exit_code: int = 0) -> None:
+    def finish(
+        self, summary: dict[str, Any] | None = None, trainer=None, exit_code: int = 0
+    ) -> None:
         pass
 
 
@@ -74,6 +76,8 @@ class WandbTracker:
         choices: dict[str, str],
         mode: str,
         run_id: str | None = None,
+        job_type: str = "train",
+        tags: list[str] | None = None,
     ):
         import wandb
 
@@ -84,8 +88,8 @@ class WandbTracker:
             entity=cfg.logger.entity,
             group=cfg.logger.group or group,
             name=cfg.logger.name or name,
-            tags=list(cfg.logger.tags),
-            job_type="train",
+            tags=[*cfg.logger.tags, *(tags or [])],
+            job_type=job_type,
             dir=str(output_dir),
             config=config,
             mode=mode,
@@ -101,24 +105,76 @@ class WandbTracker:
             log.warning("W&B online init failed (%s); logging offline, `wandb sync` later", e)
             self.run = wandb.init(**{**kwargs, "mode": "offline"})
         self.run_id = self.run.id
+        self.log_model = bool(cfg.logger.get("log_model", False))
+        self.output_dir = output_dir
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
         for key in ("val/acc", "val/mean_class_acc", "test/acc", "test/mean_class_acc"):
             self.run.define_metric(key, step_metric="epoch", summary="max")
         log.info("W&B run %s (%s) in %s", self.run.name, mode, output_dir)
 
-    def log(self, row: dict[str, Any]) -> None:
-        self.run.log(flatten_row(row))
+    def log(self, row: dict[str, Any], alphas=None) -> None:
+        import wandb
 
-    def finish(self, summary: dict[str, Any] | None = None, exit_code: int = 0) -> None:
+        flat: dict[str, Any] = flatten_row(row)
+        if alphas is not None and len(alphas):
+            flat["scn/alpha_hist"] = wandb.Histogram(alphas.numpy(), num_bins=50)
+        self.run.log(flat)
+
+    def finish(
+        self, summary: dict[str, Any] | None = None, trainer=None, exit_code: int = 0
+    ) -> None:
+        """Summary values, end-of-run tables and the model artifact; then close the run."""
         if summary:
             for key, value in flatten_row(summary).items():
                 self.run.summary[key] = value
-            self.run.summary["selected_on"] = summary.get("selected_on")
+            for key in ("selected_on", "split"):
+                if key in summary:
+                    self.run.summary[key] = summary[key]
+        if trainer is not None and trainer.history:
+            self._log_tables(trainer)
+        best = self.output_dir / "best.pt"
+        if self.log_model and exit_code == 0 and best.is_file():
+            import wandb
+
+            artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata=summary or {})
+            artifact.add_file(str(best))
+            self.run.log_artifact(artifact, aliases=["best"])
         self.run.finish(exit_code=exit_code)
 
+    def _log_tables(self, trainer) -> None:
+        """Confusion matrices and per-class accuracy at the selected and last epochs, and the
+        relabel audit: heavy media once per run, not per epoch."""
+        import wandb
 
-def build_tracker(cfg: DictConfig, output_dir: Path, run_id: str | None = None):
+        names = trainer.class_names
+        selected = trainer.history[trainer.best["epoch"] - 1]
+        last = trainer.history[-1]
+        tables: dict[str, Any] = {}
+        for tag, row in (("selected", selected), ("last", last)):
+            cm = wandb.Table(columns=["Actual", "Predicted", "nPredictions"])
+            for i, counts in enumerate(row["test/confusion"]):
+                for j, c in enumerate(counts):
+                    cm.add_data(names[i], names[j], c)
+            tables[f"test/confusion_{tag}"] = wandb.plot_table(
+                "wandb/confusion_matrix/v1", cm,
+                {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
+                {"title": f"test confusion, {tag} epoch {row['epoch']}"},
+            )  # fmt: skip
+        per_class = wandb.Table(columns=["class", "acc_selected", "acc_last"])
+        for n in names:
+            per_class.add_data(n, selected["test/class_acc"][n], last["test/class_acc"][n])
+        tables["test/per_class"] = per_class
+        audit = wandb.Table(columns=["sample", "old", "new", "epoch", "clean"])
+        for r in trainer.relabel_rows():
+            audit.add_data(r["sample"], r["old"], r["new"], r["epoch"], r["clean"])
+        tables["scn/relabels"] = audit
+        self.run.log({"epoch": last["epoch"], **tables})
+
+
+def build_tracker(
+    cfg: DictConfig, output_dir: Path, run_id: str | None = None, job_type: str = "train"
+):
     """The tracker for `cfg.logger`, grouped and named from Hydra's multirun state when present."""
     if cfg.logger.backend == "none":
         return NullTracker()
@@ -127,13 +183,15 @@ def build_tracker(cfg: DictConfig, output_dir: Path, run_id: str | None = None):
     mode = resolve_mode(cfg.logger.mode)
     if mode == "disabled":
         return NullTracker()
-    group, name = None, "default"
+    group, name, tags = None, "default", []
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if HydraConfig.initialized():
         hc = HydraConfig.get()
         name = hc.job.override_dirname or "default"
+        # the configuration as tags, so the dashboard can group by it and average the seeds
+        tags = [t[:64] for t in hc.job.override_dirname.split(",") if t]
         if hc.mode == RunMode.MULTIRUN:
             group = Path(hc.sweep.dir).name
-    return WandbTracker(cfg, output_dir, group, name, hydra_choices(), mode, run_id)
+    return WandbTracker(cfg, output_dir, group, name, hydra_choices(), mode, run_id, job_type, tags)

@@ -1,0 +1,240 @@
+"""`python -m scn.report DIR [--out OUT]`: compare runs without W&B.
+
+Reads every run under DIR (a multirun folder or any folder of runs): `summary.json`,
+`metrics.jsonl` and `.hydra/overrides.yaml`. A configuration is a run's overrides without seed,
+logger, paths and Hydra keys; runs that differ only there are repetitions. Writes `report.md`,
+`report.csv`, PNG plots and one self-contained `report.html`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import io
+import json
+import logging
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from scn.errors import UserError
+from scn.tracking.local import read_metrics
+
+log = logging.getLogger(__name__)
+
+IGNORED_PREFIXES = ("trainer.seed", "trainer.progress", "trainer.device", "logger", "paths", "hydra",
+                    "ckpt_path", "dataset.num_workers")  # fmt: skip
+METRICS = [  # (column, summary key)
+    ("acc", "test/acc"),
+    ("mean_class_acc", "test/mean_class_acc"),
+    ("acc_best", "test/acc_best"),
+    ("acc_last", "test/acc_last"),
+]
+
+
+@dataclass
+class Run:
+    path: Path
+    overrides: list[str]
+    summary: dict
+    history: list[dict] = field(default_factory=list)
+
+    config: str = ""  # the overrides that set this run apart from the others (see label_runs)
+
+    @property
+    def kept(self) -> set[str]:
+        return {o for o in self.overrides if not o.lstrip("+~").startswith(IGNORED_PREFIXES)}
+
+    def value(self, key: str) -> str | None:
+        for o in self.overrides:
+            k, _, v = o.lstrip("+~").partition("=")
+            if k == key:
+                return v
+        return None
+
+
+def find_runs(root: Path) -> list[Run]:
+    runs = []
+    for summary in sorted(root.rglob("summary.json")):
+        run_dir = summary.parent
+        overrides_file = run_dir / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        metrics = run_dir / "metrics.jsonl"
+        history = read_metrics(metrics) if metrics.is_file() else []
+        runs.append(Run(run_dir, list(overrides or []), json.loads(summary.read_text()), history))
+    if not runs:
+        raise UserError(
+            f"no runs under {root} (looked for */summary.json written by python run.py)"
+        )
+    return runs
+
+
+def label_runs(runs: list[Run]) -> list[str]:
+    """Name each run's configuration by the overrides not shared by all runs; returns the shared."""
+    common = set.intersection(*(r.kept for r in runs))
+    for r in runs:
+        r.config = " ".join(sorted(r.kept - common)) or "(all runs alike)"
+    return sorted(common)
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def table(runs: list[Run]) -> list[dict]:
+    """One row per configuration: n, then mean and std of each metric over its runs."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.config].append(run)
+    rows = []
+    for config, members in sorted(groups.items()):
+        row: dict = {"config": config, "n": len(members)}
+        for column, key in METRICS:
+            values = [r.summary[key] for r in members if key in r.summary]
+            mean, std = mean_std(values) if values else (None, None)
+            row[f"{column}_mean"], row[f"{column}_std"] = mean, std
+        rows.append(row)
+    return rows
+
+
+def _fmt(v) -> str:
+    return "" if v is None else (f"{100 * v:.2f}" if isinstance(v, float) else str(v))
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def plots(runs: list[Run]) -> dict[str, bytes]:
+    """PNG figures: accuracy vs noise (SCN vs baseline), learning curves, best run's confusion."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures: dict[str, bytes] = {}
+    noise = [r for r in runs if r.value("dataset.noise.rate") is not None]
+    if noise:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        by_method: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for r in noise:
+            method = "baseline" if str(r.value("scn.enabled")).lower() == "false" else "SCN"
+            by_method[method][float(r.value("dataset.noise.rate"))].append(r.summary["test/acc"])
+        for method, points in sorted(by_method.items()):
+            xs = sorted(points)
+            stats = [mean_std(points[x]) for x in xs]
+            ax.errorbar([100 * x for x in xs], [100 * m for m, _ in stats],
+                        yerr=[100 * (s or 0) for _, s in stats], marker="o", capsize=3, label=method)  # fmt: skip
+        ax.set_xlabel("label noise (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        figures["accuracy_vs_noise.png"] = _png(fig)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    curves: dict[str, list[list[float]]] = defaultdict(list)
+    for r in runs:
+        if r.history:
+            curves[r.config].append([row["test/acc"] for row in r.history])
+    for config, members in sorted(curves.items()):
+        length = min(map(len, members))
+        mean = [statistics.fmean(m[i] for m in members) for i in range(length)]
+        ax.plot(range(1, length + 1), [100 * v for v in mean], label=config[:60])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    if len(curves) <= 12:
+        ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    figures["learning_curves.png"] = _png(fig)
+    plt.close(fig)
+    best = max(runs, key=lambda r: r.summary["test/acc"])
+    if best.history:
+        from scn.tracking.figures import save_confusion_png
+
+        row = best.history[best.summary["selected_epoch"] - 1]
+        names = list(row["test/class_acc"])
+        buf = io.BytesIO()
+        save_confusion_png(row["test/confusion"], names, buf, f"best run: {best.config[:50]}")
+        figures["confusion_best.png"] = buf.getvalue()
+    return figures
+
+
+def write_report(root: Path, out: Path | None = None) -> Path:
+    runs = find_runs(root)
+    common = label_runs(runs)
+    out = out or root
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table(runs)
+    columns = ["config", "n"] + [f"{c}_{s}" for c, _ in METRICS for s in ("mean", "std")]
+    with (out / "report.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    header = "| configuration | n | " + " | ".join(f"{c} mean | {c} std" for c, _ in METRICS) + " |"
+    lines = [
+        f"# Runs under {root}",
+        "",
+        f"{len(runs)} runs, {len(rows)} configurations. Test accuracy in %: `acc` and `mean_class_acc`"
+        " at the selected epoch, `acc_best` the best epoch, `acc_last` the last; std over repetitions"
+        " (blank for one run).",
+        "",
+        f"Shared by all runs: `{' '.join(common) or '(no overrides)'}`",
+        "",
+        header,
+        "|" + "---|" * (2 + 2 * len(METRICS)),
+    ]
+    for row in rows:
+        cells = [row["config"], str(row["n"])] + [_fmt(row[c]) for c in columns[2:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    figures = plots(runs)
+    for name, data in figures.items():
+        (out / name).write_bytes(data)
+        lines += ["", f"![{name}]({name})"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in
+                         [row["config"], str(row["n"])] + [_fmt(row[c]) for c in columns[2:]]) + "</tr>"
+        for row in rows
+    )  # fmt: skip
+    images = "".join(
+        f'<h3>{html.escape(n)}</h3><img src="data:image/png;base64,{base64.b64encode(d).decode()}">'
+        for n, d in figures.items()
+    )
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    (out / "report.html").write_text(
+        f"<!doctype html><meta charset='utf-8'><title>scn report</title>"
+        f"<style>body{{font-family:sans-serif}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style>"
+        f"<h1>Runs under {html.escape(str(root))}</h1><p>{len(runs)} runs, {len(rows)} configurations; "
+        f"accuracy in %. Shared by all runs: <code>{html.escape(' '.join(common))}</code></p><table><tr>{head}</tr>{body}</table>{images}\n"
+    )
+    log.info("report of %d runs (%d configurations) written to %s", len(runs), len(rows), out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scn.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("runs", help="a multirun folder or any folder holding runs")
+    parser.add_argument("--out", help="output folder (default: the runs folder)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        write_report(Path(args.runs), Path(args.out) if args.out else None)
+    except UserError as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
