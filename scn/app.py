@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 RESUME_OVERRIDABLE = (
     "task",
     "ckpt_path",
+    "eval",
     "trainer.epochs",
     "trainer.device",
     "trainer.progress",
@@ -80,7 +81,7 @@ def resume_config(cfg: DictConfig, state: dict[str, Any]) -> DictConfig:
         )
     merged = OmegaConf.create(saved)
     for key in RESUME_OVERRIDABLE:
-        if key in ("task", "ckpt_path") or "." in key:
+        if key in ("task", "ckpt_path", "eval") or "." in key:
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
         else:
             merged[key] = cfg[key]

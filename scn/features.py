@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from scn.cli import run_cli
 from scn.data.datasets import load_dataset
 from scn.data.labels import RAFDB_CLASS_NAMES, RAFDB_LABEL_FILE
 from scn.errors import UserError
@@ -104,21 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        export(
-            args.source,
-            args.inputs,
-            args.out,
-            args.backbone,
-            args.split,
-            args.batch_size,
-            args.device,
-        )
-    except UserError as e:
-        log.error("%s", e)
-        return 2
-    return 0
+    return run_cli(
+        export,
+        args.source,
+        args.inputs,
+        args.out,
+        args.backbone,
+        args.split,
+        args.batch_size,
+        args.device,
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from scn.errors import UserError
+from scn.cli import run_cli
 from scn.inference import find_images, finish_report, iter_batches, load_model
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        predict(args.checkpoint, args.images, args.out, args.batch_size, args.device)
-    except UserError as e:
-        log.error("%s", e)
-        return 2
-    return 0
+    return run_cli(predict, args.checkpoint, args.images, args.out, args.batch_size, args.device)
 
 
 if __name__ == "__main__":

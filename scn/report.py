@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from scn.cli import run_cli
 from scn.errors import UserError
 from scn.tracking.local import read_metrics
 
@@ -227,13 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", help="a multirun folder or any folder holding runs")
     parser.add_argument("--out", help="output folder (default: the runs folder)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        write_report(Path(args.runs), Path(args.out) if args.out else None)
-    except UserError as e:
-        log.error("%s", e)
-        return 2
-    return 0
+    return run_cli(write_report, Path(args.runs), Path(args.out) if args.out else None)
 
 
 if __name__ == "__main__":

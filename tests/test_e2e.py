@@ -83,6 +83,7 @@ def test_multirun_over_margin_1(tmp_path, cache_dir, monkeypatch):
             if '"type": "run"' in x or '"type":"run"' in x
         )
         assert run["run_group"] == "sweep" and run["job_type"] == "train"
+        assert f"scn.margin_1={margin}" in run["tags"]  # the configuration, for grouping by tag
         assert f"scn.margin_1={margin}" in run["display_name"] and "seed" not in run["display_name"]
 
 

@@ -128,3 +128,41 @@ def test_online_init_failure_falls_back_to_offline(tiny_cfg, tmp_path, monkeypat
     assert modes == ["online", "offline"]
     assert len(list((tmp_path / "run/wandb").glob("offline-run-*"))) == 1
     assert 0.0 <= summary["test/acc"] <= 1.0
+
+
+def run_record(run_dir):
+    for line in inspect(run_dir).splitlines():
+        record = json.loads(line)
+        if record.get("type") == "run":
+            return record["run"]
+    raise AssertionError("no run record")
+
+
+def test_a_failing_job_still_closes_its_run(tiny_cfg, tmp_path, monkeypatch):
+    from scn.engine.trainer import Trainer
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+    def boom(self, epoch):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(Trainer, "train_epoch", boom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(tiny_cfg("logger=wandb"))
+    run_dir = next((tmp_path / "run/wandb").glob("offline-run-*"))
+    got = json.loads(inspect(run_dir, "--summary"))
+    assert got["exit_code"] == 1 and got["state"] != "running"
+
+
+def test_eval_runs_are_logged_with_job_type_eval(tiny_cfg, tmp_path, monkeypatch):
+    from scn.app import main as run_task
+    from tests.conftest import TINY, compose_cfg
+
+    train(tiny_cfg("trainer.epochs=1", "trainer.checkpoints=last"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cfg([*TINY, "task=eval", "logger=wandb", f"ckpt_path={tmp_path / 'run/last.pt'}"],
+                      tmp_path / "eval")  # fmt: skip
+    acc = run_task(cfg)
+    run_dir = next((tmp_path / "eval/wandb").glob("offline-run-*"))
+    assert run_record(run_dir)["job_type"] == "eval"
+    assert json.loads(inspect(run_dir, "--summary"))["summary"]["test/acc"] == pytest.approx(acc)

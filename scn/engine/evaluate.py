@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+
+from scn.data.datasets import FaceImages, load_dataset
+from scn.errors import UserError
+from scn.inference import load_model
+from scn.tracking.figures import save_confusion_png
+from scn.tracking.local import write_json
 
 
 def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -63,19 +73,9 @@ def predict_confusion(
     return cm
 
 
-def evaluate_checkpoint(cfg) -> dict:
+def evaluate_checkpoint(cfg: DictConfig) -> dict:
     """task=eval: re-evaluate `ckpt_path` on a split of the checkpoint's dataset (or of a dataset
     given on the command line) and write eval.json, confusion.json and confusion.png."""
-    from pathlib import Path
-
-    from hydra.core.hydra_config import HydraConfig
-
-    from scn.data.datasets import FaceImages, load_dataset
-    from scn.errors import UserError
-    from scn.inference import load_model
-    from scn.tracking.figures import save_confusion_png
-    from scn.tracking.local import write_json
-
     if not cfg.ckpt_path:
         raise UserError("task=eval needs ckpt_path=<best.pt or last.pt>")
     lm = load_model(cfg.ckpt_path, cfg.trainer.device)
