@@ -19,6 +19,7 @@ from scn.errors import UserError
 from scn.models.backbones import Preprocessing, create_backbone, resolve_preprocessing
 from scn.models.scn_model import SCNModel, SCNOutput
 from scn.models.weights import load_pretrained
+from scn.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,6 @@ class LoadedModel:
         return self.model(batch.to(self.device))
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
     """Load one of this project's checkpoints (best.pt / last.pt) for inference."""
     state = load_checkpoint(path)
@@ -66,7 +61,7 @@ def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
         ) from e
     pre = state["preprocessing"]
     preprocessing = Preprocessing(pre["input_size"], tuple(pre["mean"]), tuple(pre["std"]))
-    dev = _device(device)
+    dev = resolve_device(device)
     return LoadedModel(model.to(dev).eval(), preprocessing, class_names, dev, cfg)
 
 
@@ -80,7 +75,7 @@ def load_backbone_weights(
     if report.format == "scn":
         raise UserError(f"{path} is a checkpoint of this project: pass it without --backbone")
     pre = resolve_preprocessing(bcfg, None, model.backbone, report.preprocessing)
-    dev = _device(device)
+    dev = resolve_device(device)
     return LoadedModel(model.to(dev).eval(), pre, [], dev, None)
 
 
@@ -134,6 +129,7 @@ def iter_batches(
 ) -> Iterator[Batch]:
     """Decode and preprocess in order; an unreadable image is recorded in `skipped`, not fatal."""
     buf: list[tuple[int, Path, torch.Tensor]] = []
+    warned = False
     for i, path in enumerate(paths):
         try:
             img = load_rgb(path)
@@ -141,29 +137,26 @@ def iter_batches(
             log.warning("skipping %s", e)
             skipped.append((path, str(e)))
             continue
-        _check_size(img, path, transform.size)
+        warned = warned or _warn_size(img, path, transform.size)
         buf.append((i, path, transform(img)))
-        if len(buf) == batch_size:
+        if len(buf) == batch_size or i == len(paths) - 1:
             yield Batch([b[1] for b in buf], torch.stack([b[2] for b in buf]), [b[0] for b in buf])
             buf = []
-    if buf:
+    if buf:  # the last path was unreadable
         yield Batch([b[1] for b in buf], torch.stack([b[2] for b in buf]), [b[0] for b in buf])
 
 
-_warned_size = False
-
-
-def _check_size(img: Image.Image, path: Path, input_size: int) -> None:
+def _warn_size(img: Image.Image, path: Path, input_size: int) -> bool:
     """The model saw aligned face crops resized to `input_size`; whole photos would be misread."""
-    global _warned_size
     side = max(img.size)
-    if not _warned_size and (side > 4 * input_size or side * 4 < input_size):
+    if side > 4 * input_size or side * 4 < input_size:
         log.warning(
             "%s is %dx%d px but the model takes %d px aligned face crops (like its training data); "
             "crop and align faces first for meaningful predictions",
             path, *img.size, input_size,
         )  # fmt: skip
-        _warned_size = True
+        return True
+    return False
 
 
 def finish_report(total: int, skipped: list[tuple[Path, str]]) -> None:

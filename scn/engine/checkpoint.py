@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from scn.errors import UserError
+from scn.io import atomic_open
 
 CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
-    """Write to a temp file in the same folder and rename it over `path`: a crash never leaves a
-    truncated checkpoint, and readers see either the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"version": CHECKPOINT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic: a crash never leaves a truncated checkpoint, readers see the old or the new file."""
+    with atomic_open(path, "wb") as f:
+        torch.save({"version": CHECKPOINT_VERSION, **state}, f)
 
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "labels", "epoch", "config", "history")

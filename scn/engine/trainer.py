@@ -29,20 +29,12 @@ from scn.errors import UserError
 from scn.models.backbones import Preprocessing, create_backbone, resolve_preprocessing
 from scn.models.scn_model import SCNModel
 from scn.models.weights import load_pretrained
+from scn.runtime import resolve_device
 from scn.tracking.local import write_json, write_metrics, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_CHOICES = ("none", "last", "best_and_last")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={name} but CUDA is not available; use trainer.device=cpu")
-    return device
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
