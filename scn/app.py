@@ -13,6 +13,7 @@ from scn.engine.checkpoint import load_checkpoint
 from scn.engine.evaluate import evaluate_checkpoint
 from scn.engine.trainer import Trainer
 from scn.errors import UserError
+from scn.runtime import release_job_resources
 from scn.tracking.wandb_run import build_tracker
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,12 @@ RESUME_OVERRIDABLE = (
     "trainer.epochs",
     "trainer.device",
     "trainer.progress",
+    "trainer.precision",
+    "trainer.channels_last",
+    "trainer.compile",
+    "trainer.cuda_graphs",
     "dataset.num_workers",
+    "dataset.pipeline",
     "logger",
     "paths",
 )
@@ -156,7 +162,10 @@ def main(cfg: DictConfig) -> float:
     """Run `cfg.task` and return `cfg.optimized_metric` from its summary for sweepers."""
     if cfg.task not in TASKS:
         raise UserError(f"task={cfg.task!r}; available: {', '.join(TASKS)}")
-    summary = TASKS[cfg.task](cfg)
+    try:
+        summary = TASKS[cfg.task](cfg)
+    finally:
+        release_job_resources()
     if cfg.optimized_metric not in summary:
         raise UserError(
             f"optimized_metric={cfg.optimized_metric!r} is not in the summary; "

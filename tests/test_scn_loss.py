@@ -23,8 +23,8 @@ def test_rr_hinge_by_hand():
     stats = rank_regularization(alpha, beta=0.7, margin_1=0.6)
     assert stats.rr.item() == pytest.approx(0.1)
     assert (stats.high_count, stats.low_count) == (3, 2)
-    assert stats.high_sum == pytest.approx(2.1)
-    assert stats.low_sum == pytest.approx(0.4)
+    assert stats.high_sum.item() == pytest.approx(2.1)
+    assert stats.low_sum.item() == pytest.approx(0.4)
     stats.rr.backward()
     # d rr / d alpha = -1/3 for high members, +1/2 for low members
     expected = torch.tensor([0.5, -1 / 3, -1 / 3, -1 / 3, 0.5])

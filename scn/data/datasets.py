@@ -56,11 +56,18 @@ class FaceImages(Dataset):
 
 @dataclass
 class Split:
-    """Image paths with the labels this run uses for them (0-based)."""
+    """Image paths with the labels this run uses for them (0-based), and where the images sit in the
+    dataset split they come from (`source`, `rows`), so held-out subsets share one decoded cache."""
 
     paths: list[Path]
     labels: np.ndarray
     clean_labels: np.ndarray  # the dataset's own labels: the reference for noise and relabel audits
+    source: str = ""  # the dataset split ("train" / "test") the images are listed under
+    rows: np.ndarray | None = None  # positions in that split's list; None = all, in order
+
+    def __post_init__(self) -> None:
+        if self.rows is None:
+            self.rows = np.arange(len(self.paths), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -71,7 +78,11 @@ class Split:
 
     def subset(self, positions: np.ndarray) -> Split:
         return Split(
-            [self.paths[i] for i in positions], self.labels[positions], self.clean_labels[positions]
+            [self.paths[i] for i in positions],
+            self.labels[positions],
+            self.clean_labels[positions],
+            self.source,
+            self.rows[positions],
         )
 
 
@@ -85,6 +96,8 @@ class DataBundle:
     test: Split
     val: Split | None = None
     notes: list[str] = field(default_factory=list)
+    label_file: Path | None = None  # the dataset's own label file (part of the decoded cache's key)
+    files: dict[str, list[Path]] = field(default_factory=dict)  # every image per dataset split
 
 
 def resolve_root(dcfg: DictConfig, cache_dir: Path) -> Path:
@@ -163,7 +176,7 @@ def load_dataset(dcfg: DictConfig, cache_dir: Path) -> DataBundle:
                 f"images belong at {root / RAFDB_IMAGE_DIR}/<name>_aligned.jpg"
             )
         labels = np.array([e.label for e in rows], dtype=np.int64)
-        splits[split] = Split(paths, labels.copy(), labels)
+        splits[split] = Split(paths, labels.copy(), labels, split)
 
     train = splits["train"]
     notes: list[str] = []
@@ -183,4 +196,5 @@ def load_dataset(dcfg: DictConfig, cache_dir: Path) -> DataBundle:
         keep, held = stratified_split(train.labels, dcfg.val_fraction, dcfg.val_seed)
         train, val = train.subset(keep), train.subset(held)
         notes.append(f"validation: {len(val)} images held out of train for model selection")
-    return DataBundle(root, class_names, train, splits["test"], val, notes)
+    files = {name: sp.paths for name, sp in splits.items()}
+    return DataBundle(root, class_names, train, splits["test"], val, notes, label_path, files)

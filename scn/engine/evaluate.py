@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from scn.data.datasets import FaceImages, load_dataset
+from scn.data.datasets import load_dataset
+from scn.data.pipeline import build_pipeline
+from scn.engine.accel import resolve_accel
 from scn.errors import UserError
 from scn.inference import load_model
 from scn.tracking.figures import save_confusion_png
@@ -19,9 +22,12 @@ from scn.tracking.local import write_json
 
 
 def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """cm[t, p] = number of samples of true class t predicted as p."""
+    """cm[t, p] = number of samples of true class t predicted as p (on the inputs' device, with
+    no host sync)."""
     flat = targets.long() * num_classes + preds.long()
-    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+    cm = torch.zeros(num_classes * num_classes, dtype=torch.long, device=flat.device)
+    cm.index_add_(0, flat, torch.ones_like(flat))
+    return cm.view(num_classes, num_classes)
 
 
 def metrics_from_confusion(cm: torch.Tensor, class_names: list[str], prefix: str) -> dict:
@@ -47,7 +53,7 @@ def metrics_from_confusion(cm: torch.Tensor, class_names: list[str], prefix: str
 @torch.no_grad()
 def predict_confusion(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     labels: torch.Tensor,
     num_classes: int,
     device: torch.device,
@@ -55,22 +61,26 @@ def predict_confusion(
     progress: bool = False,
     desc: str = "eval",
     hflip: bool = False,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> torch.Tensor:
-    """Run the model over a loader of (image, index) and count the confusion matrix."""
+    """Run the model over batches of (image, index) and count the confusion matrix; `autocast`
+    gives the precision context the model runs in (probabilities are taken in fp32)."""
     was_training = model.training
     model.eval()
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    labels = labels.to(device)
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
     for x, idx in tqdm(loader, desc=desc, leave=False, disable=not progress):
         x = x.to(device, non_blocking=True, memory_format=memory_format)
-        if hflip:  # test-time augmentation: average the probabilities of the image and its mirror
-            probs = torch.softmax(model(x).logits.float(), 1)
-            probs += torch.softmax(model(x.flip(-1)).logits.float(), 1)
-            preds = probs.argmax(dim=1).cpu()
-        else:
-            preds = model(x).logits.argmax(dim=1).cpu()
-        cm += confusion_matrix(labels[idx], preds, num_classes)
+        with autocast():
+            logits = model(x).logits.float()
+            if hflip:  # test-time augmentation: average the probabilities of image and mirror
+                probs = torch.softmax(logits, 1) + torch.softmax(
+                    model(x.flip(-1)).logits.float(), 1
+                )
+                logits = probs
+        cm += confusion_matrix(labels[idx.to(device)], logits.argmax(dim=1), num_classes)
     model.train(was_training)
-    return cm
+    return cm.cpu()
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
@@ -93,28 +103,32 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
             f"the checkpoint predicts {len(lm.class_names)} classes but the dataset has "
             f"{len(data.class_names)}; evaluate on a dataset with the same classes"
         )
-    memory_format = (
-        torch.channels_last if lm.config.trainer.channels_last else torch.contiguous_format
-    )
+    # precision and layout of this run's trainer settings (auto: what pays on this device)
+    accel = resolve_accel(cfg.trainer, lm.device, lm.config.trainer.eval_batch_size)
+    memory_format = accel.memory_format
     lm.model.to(memory_format=memory_format)
-    loader = DataLoader(
-        FaceImages(split.paths, lm.transform), batch_size=lm.config.trainer.eval_batch_size
-    )
+    pre = lm.preprocessing
+    pipeline = build_pipeline(dcfg, data, pre.input_size, pre.mean, pre.std, lm.device,
+                              memory_format, Path(str(cfg.paths.cache_dir)).expanduser(),
+                              cfg.trainer.progress)  # fmt: skip
+    batches = pipeline.batches(split, False, lm.config.trainer.eval_batch_size)
     labels = torch.as_tensor(split.labels, dtype=torch.long)
     name = cfg.eval.split
     args = (
         lm.model,
-        loader,
+        batches,
         labels,
         len(lm.class_names),
         lm.device,
         memory_format,
         cfg.trainer.progress,
     )
-    result = metrics_from_confusion(predict_confusion(*args, desc=name), lm.class_names, name)
+    result = metrics_from_confusion(
+        predict_confusion(*args, desc=name, autocast=accel.autocast), lm.class_names, name
+    )
     if cfg.eval.hflip:
-        flipped = metrics_from_confusion(predict_confusion(*args, desc=f"{name}+flip", hflip=True),
-                                         lm.class_names, name)  # fmt: skip
+        cm = predict_confusion(*args, desc=f"{name}+flip", hflip=True, autocast=accel.autocast)
+        flipped = metrics_from_confusion(cm, lm.class_names, name)
         result["hflip"] = {k.split("/", 1)[1]: v for k, v in flipped.items()}
     out = Path(str(cfg.paths.output_dir))
     out.mkdir(parents=True, exist_ok=True)

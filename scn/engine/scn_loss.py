@@ -17,12 +17,13 @@ def split_groups(alpha: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.
 
 @dataclass
 class RRStats:
-    """Sums and counts (not means) so epochs and processes can add them up."""
+    """Sums and counts (not means) so epochs and processes can add them up. The sums stay 0-d
+    tensors on the model's device, so a training step never waits for the device."""
 
     rr: torch.Tensor
-    high_sum: float
+    high_sum: torch.Tensor
     high_count: int
-    low_sum: float
+    low_sum: torch.Tensor
     low_count: int
 
 
@@ -30,9 +31,7 @@ def rank_regularization(alpha: torch.Tensor, beta: float, margin_1: float) -> RR
     """RR = max(0, margin_1 - (mean(alpha_high) - mean(alpha_low))); 0 when a group is empty."""
     high, low = split_groups(alpha, beta)
     a = alpha.detach()
-    stats = RRStats(
-        alpha.new_zeros(()), a[high].sum().item(), len(high), a[low].sum().item(), len(low)
-    )
+    stats = RRStats(alpha.new_zeros(()), a[high].sum(), len(high), a[low].sum(), len(low))
     if len(high) and len(low):
         gap = alpha[high].mean() - alpha[low].mean()
         stats.rr = torch.clamp(margin_1 - gap, min=0.0)

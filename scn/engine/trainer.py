@@ -5,7 +5,6 @@ built from sums and counts, so the loop can later be split across data-parallel 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -15,13 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from scn.config import RelabelScope, hydra_choices, instantiate, to_container
-from scn.data.datasets import FaceImages, Split, load_dataset
-from scn.data.transforms import EvalTransform, TrainTransform
+from scn.data.datasets import Split, load_dataset
+from scn.data.pipeline import build_pipeline
+from scn.engine.accel import Accel, resolve_accel
 from scn.engine.checkpoint import save_checkpoint
 from scn.engine.evaluate import metrics_from_confusion, predict_confusion
 from scn.engine.scn_loss import relabel, scn_loss, split_groups
@@ -69,6 +68,28 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def train_step(forward, optimizer, accel: Accel, scaler, scn, x: torch.Tensor, y: torch.Tensor):
+    """One optimisation step: the model runs in the configured precision, the SCN loss in fp32.
+    Returns (model output, loss, ce, RR stats or None); nothing here waits for the device."""
+    accel.step_begin()
+    with accel.autocast():
+        out = forward(x)
+    rr = None
+    if scn.enabled:
+        loss, ce, rr = scn_loss(out.logits, out.alpha, y, scn.beta, scn.margin_1, scn.rr_weight)
+    else:
+        loss = ce = F.cross_entropy(out.logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return out, loss, ce, rr
+
+
 class Trainer:
     """Owns the model, optimiser, scheduler and the train-label tensor that relabeling edits."""
 
@@ -109,18 +130,21 @@ class Trainer:
                 cfg.backbone, cfg.dataset.image_size, backbone, implied
             )
         log.info("preprocessing: %s", self.preprocessing)
-        self.memory_format = (
-            torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
-        )
+        self.accel = resolve_accel(cfg.trainer, self.device, cfg.trainer.batch_size)
+        log.info("model step: %s", self.accel.describe())
+        self.memory_format = self.accel.memory_format
         self.model.to(self.device, memory_format=self.memory_format)
+        self.forward = self.accel.compiled(self.model)  # self.model keeps the state_dict keys
+        self.scaler = self.accel.grad_scaler()
         self.optimizer = instantiate(cfg.optimizer)(params=self.model.parameters())
         self.scheduler = instantiate(cfg.scheduler)(optimizer=self.optimizer)
 
         train = self.data.train
         # the labels in use: one tensor indexed by dataset position, edited by relabeling
-        self.labels = torch.as_tensor(train.labels, dtype=torch.long).clone()
+        # (on the training device, so a step looks labels up and relabels without a host sync)
+        self.labels = torch.as_tensor(train.labels, dtype=torch.long).to(self.device)
         self.initial_labels = self.labels.clone()
-        self.clean_labels = torch.as_tensor(train.clean_labels, dtype=torch.long)
+        self.clean_labels = torch.as_tensor(train.clean_labels, dtype=torch.long).to(self.device)
         self.epoch = 0  # last completed epoch
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None  # {"epoch", "score"}
@@ -130,17 +154,21 @@ class Trainer:
         self.choices = hydra_choices()  # group options, so a resume can check them
 
         pre = self.preprocessing
-        aug = cfg.dataset.augmentation
-        self.train_transform = TrainTransform(pre.input_size, pre.mean, pre.std, **aug)
-        self.eval_transform = EvalTransform(pre.input_size, pre.mean, pre.std)
-        workers = cfg.dataset.num_workers
-        if workers == "auto":  # on CPU a worker process competes with the model for the cores
-            workers = 0 if self.device.type == "cpu" else min(8, os.cpu_count() or 1)
-        self.num_workers = int(workers)
+        self.pipeline = build_pipeline(
+            cfg.dataset,
+            self.data,
+            pre.input_size,
+            pre.mean,
+            pre.std,
+            self.device,
+            self.memory_format,
+            Path(str(cfg.paths.cache_dir)).expanduser(),
+            self.progress,
+        )
         for note in self.data.notes:
             log.info(note)
         log.info(
-            "%s: %d train / %s val / %d test images from %s; %s at %d px on %s",
+            "%s: %d train / %s val / %d test images from %s; %s at %d px on %s (%s pipeline)",
             cfg.dataset.name,
             len(train),
             len(self.data.val) if self.data.val else 0,
@@ -149,24 +177,10 @@ class Trainer:
             cfg.backbone.name,
             pre.input_size,
             self.device,
+            self.pipeline.kind,
         )
         if state is not None:
             self.load_state_dict(state)
-
-    # ---------------------------------------------------------------- data
-    def _loader(self, split: Split, train: bool, generator: torch.Generator | None = None):
-        bs = self.cfg.trainer.batch_size if train else self.cfg.trainer.eval_batch_size
-        transform = self.train_transform if train else self.eval_transform
-        return DataLoader(
-            FaceImages(split.paths, transform),
-            batch_size=bs,
-            shuffle=train,
-            generator=generator,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            # a trailing batch of one breaks BatchNorm on tiny feature maps: drop that one sample
-            drop_last=train and len(split) % bs == 1,
-        )
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -174,8 +188,9 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "labels": self.labels.clone(),
-            "initial_labels": self.initial_labels.clone(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "labels": self.labels.cpu().clone(),
+            "initial_labels": self.initial_labels.cpu().clone(),
             "epoch": self.epoch,
             "best": self.best,
             "history": self.history,
@@ -197,8 +212,10 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.labels = state["labels"].clone()
-        self.initial_labels = state["initial_labels"].clone()
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.labels = state["labels"].to(self.device).clone()
+        self.initial_labels = state["initial_labels"].to(self.device).clone()
         self.epoch = int(state["epoch"])
         self.best = state["best"]
         self.history = list(state["history"])
@@ -212,103 +229,106 @@ class Trainer:
 
     # ---------------------------------------------------------------- loops
     def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over train. Sums and counts accumulate on the device and are read once at the
+        end, so the host queues work ahead of the device instead of waiting on it every step."""
         cfg, scn = self.cfg, self.cfg.scn
         seed = epoch_seed(cfg.trainer.seed, epoch)
-        torch.manual_seed(seed)  # augmentation in the main process (num_workers=0)
-        loader = self._loader(self.data.train, True, torch.Generator().manual_seed(seed))
+        batches = self.pipeline.batches(self.data.train, True, cfg.trainer.batch_size, seed)
         relabeling = scn.enabled and epoch >= scn.relabel_epoch
         lr = self.optimizer.param_groups[0]["lr"]
-        sums = dict.fromkeys(("loss", "ce", "rr", "high", "low"), 0.0)
-        counts = dict.fromkeys(("n", "correct", "high", "low", "relabeled", "fixed", "broken"), 0)
+        keys = ("n", "loss", "ce", "correct", "rr", "high", "low", "relabeled", "fixed", "broken")
+        acc = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
+        add = {k: i for i, k in enumerate(keys)}
+        high_count = low_count = 0
         alphas: list[torch.Tensor] = []
+        changes: list[torch.Tensor] = []  # (position, old, new) rows of this epoch's batches
         self.model.train()
-        for x, idx in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not self.progress):
-            x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            y = self.labels[idx].to(self.device, non_blocking=True)
-            out = self.model(x)
-            if scn.enabled:
-                loss, ce, rr = scn_loss(
-                    out.logits, out.alpha, y, scn.beta, scn.margin_1, scn.rr_weight
-                )
-            else:
-                loss = ce = F.cross_entropy(out.logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+        for x, idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not self.progress):
+            idx = idx.to(self.device, non_blocking=True)
+            y = self.labels[idx]
+            out, loss, ce, rr = self.step(x, y)
 
             n = len(idx)
-            counts["n"] += n
-            counts["correct"] += (out.logits.argmax(1) == y).sum().item()
-            sums["loss"] += loss.item() * n
-            sums["ce"] += ce.item() * n
+            logits = out.logits.detach()
+            acc[add["n"]] += n
+            acc[add["loss"]] += loss.detach().double() * n
+            acc[add["ce"]] += ce.detach().double() * n
+            acc[add["correct"]] += (logits.argmax(1) == y).sum()
             if scn.enabled:
-                sums["rr"] += rr.rr.item() * n
-                sums["high"] += rr.high_sum
-                sums["low"] += rr.low_sum
-                counts["high"] += rr.high_count
-                counts["low"] += rr.low_count
+                acc[add["rr"]] += rr.rr.detach().double() * n
+                acc[add["high"]] += rr.high_sum.double()
+                acc[add["low"]] += rr.low_sum.double()
+                high_count += rr.high_count
+                low_count += rr.low_count
             if relabeling:
-                self._relabel(out.logits, out.alpha, y, idx, counts, epoch)
-            if out.alpha is not None:
-                alphas.append(out.alpha.detach().float().cpu())
+                new = self._relabel(logits, out.alpha, y, idx, acc, add)
+                changes.append(torch.stack([idx, y, new]))
+            if out.alpha is not None:  # a copy: compiled graphs may reuse their output buffers
+                alphas.append(out.alpha.detach().float().clone())
 
-        self.epoch_alphas = torch.cat(alphas) if alphas else torch.zeros(0)
-        n = max(counts["n"], 1)
+        self.epoch_alphas = torch.cat(alphas).cpu() if alphas else torch.zeros(0)
+        if changes:
+            pos, old, new = torch.cat(changes, 1).cpu()
+            changed = old != new
+            self.relabel_log += [
+                [i, o, n, epoch]
+                for i, o, n in zip(*(t[changed].tolist() for t in (pos, old, new)), strict=True)
+            ]
+        totals = dict(zip(keys, acc.tolist(), strict=True))
+        n = max(totals["n"], 1)
         row: dict[str, Any] = {
             "epoch": epoch,
-            "train/loss": sums["loss"] / n,
-            "train/ce": sums["ce"] / n,
-            "train/acc": counts["correct"] / n,
+            "train/loss": totals["loss"] / n,
+            "train/ce": totals["ce"] / n,
+            "train/acc": totals["correct"] / n,
             "train/lr": lr,
         }
         if scn.enabled:
             row.update(
                 {
-                    "train/rr": sums["rr"] / n,
-                    "scn/alpha_high": sums["high"] / counts["high"] if counts["high"] else None,
-                    "scn/alpha_low": sums["low"] / counts["low"] if counts["low"] else None,
-                    "scn/relabeled": counts["relabeled"],
-                    "scn/relabel_fixed": counts["fixed"],
-                    "scn/relabel_broken": counts["broken"],
+                    "train/rr": totals["rr"] / n,
+                    "scn/alpha_high": totals["high"] / high_count if high_count else None,
+                    "scn/alpha_low": totals["low"] / low_count if low_count else None,
+                    "scn/relabeled": int(totals["relabeled"]),
+                    "scn/relabel_fixed": int(totals["fixed"]),
+                    "scn/relabel_broken": int(totals["broken"]),
                 }
             )
         row["scn/noisy_labels"] = int((self.labels != self.clean_labels).sum())
         return row
 
-    def _relabel(self, logits, alpha, y, idx, counts, epoch: int) -> None:
-        """Apply the relabel rule to this batch and audit it against the clean reference."""
+    def step(self, x: torch.Tensor, y: torch.Tensor):
+        return train_step(self.forward, self.optimizer, self.accel, self.scaler, self.cfg.scn, x, y)
+
+    def _relabel(self, logits, alpha, y, idx, acc, add) -> torch.Tensor:
+        """Apply the relabel rule to this batch, audit it against the clean reference (counts in
+        `acc`), and return the batch's labels after the rule."""
         scn = self.cfg.scn
         candidates = None
         if scn.relabel_scope == RelabelScope.low:
             _, low = split_groups(alpha, scn.beta)
             candidates = torch.zeros_like(y, dtype=torch.bool)
             candidates[low] = True
-        new = relabel(logits, y, scn.margin_2, candidates).cpu()
-        old = y.cpu()
-        changed = new != old
-        if not changed.any():
-            return
-        where = idx[changed]
-        clean = self.clean_labels[where]
-        counts["relabeled"] += int(changed.sum())
-        counts["fixed"] += int(((old[changed] != clean) & (new[changed] == clean)).sum())
-        counts["broken"] += int(((old[changed] == clean) & (new[changed] != clean)).sum())
-        self.labels[where] = new[changed]
-        self.relabel_log += [
-            [int(i), int(o), int(n), epoch]
-            for i, o, n in zip(where, old[changed], new[changed], strict=True)
-        ]
+        new = relabel(logits, y, scn.margin_2, candidates)
+        changed = new != y
+        clean = self.clean_labels[idx]
+        acc[add["relabeled"]] += changed.sum()
+        acc[add["fixed"]] += (changed & (y != clean) & (new == clean)).sum()
+        acc[add["broken"]] += (changed & (y == clean) & (new != clean)).sum()
+        self.labels[idx] = new
+        return new
 
     def evaluate(self, split: Split, prefix: str) -> dict[str, Any]:
-        cm = predict_confusion(
+        cm = predict_confusion(  # eager: compiling eval shapes would cost more than it saves
             self.model,
-            self._loader(split, train=False),
+            self.pipeline.batches(split, False, self.cfg.trainer.eval_batch_size),
             torch.as_tensor(split.labels, dtype=torch.long),
             self.num_classes,
             self.device,
             self.memory_format,
             self.progress,
             desc=prefix,
+            autocast=self.accel.autocast,
         )
         return metrics_from_confusion(cm, self.class_names, prefix)
 
@@ -332,13 +352,14 @@ class Trainer:
     def relabel_rows(self) -> list[dict[str, Any]]:
         """The relabel audit: which sample changed label when, against the clean reference."""
         names, paths = self.class_names, self.data.train.paths
+        clean = self.clean_labels.tolist()
         return [
             {
                 "sample": paths[i].name,
                 "old": names[o],
                 "new": names[n],
                 "epoch": e,
-                "clean": names[int(self.clean_labels[i])],
+                "clean": names[clean[i]],
             }  # fmt: skip
             for i, o, n, e in self.relabel_log
         ]

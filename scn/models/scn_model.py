@@ -44,5 +44,7 @@ class SCNModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> SCNOutput:
         features = self.backbone(x)
-        logits, alpha = self.head(features)
+        # the head in fp32 under any autocast: alpha and the weighted logits feed RR and relabeling
+        with torch.autocast(x.device.type, enabled=False):
+            logits, alpha = self.head(features.float())
         return SCNOutput(logits, alpha, features)

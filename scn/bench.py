@@ -1,0 +1,263 @@
+"""Benchmark: the per-sample file pipeline against the cached pipeline, on this machine, in one run.
+
+    python -m scn.bench                    # writes bench.json in the current directory
+    python -m scn.bench --out /tmp/b.json --device cuda
+
+Generates RAF-DB-like data (100x100 JPEG faces) in a temp folder, then measures images/s of each
+pipeline alone (training batches: decode or gather, augment, normalise, on the device) at several
+output sizes, and of full SCN training steps (ResNet-18, batch 64, 224 px) fed by each pipeline, timed
+over a fixed number of batches and extrapolated to a RAF-DB-sized epoch. Both training runs use the
+same model settings (trainer auto: precision, channels_last, compile), so the ratio is the pipeline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from scn.cli import run_cli
+from scn.config import SCNConfig
+from scn.data.datasets import DataBundle, load_dataset
+from scn.data.pipeline import Pipeline
+from scn.data.synthetic import ensure_synthetic
+from scn.engine.accel import resolve_accel
+from scn.engine.trainer import train_step
+from scn.models.backbones import create_backbone
+from scn.models.scn_model import SCNModel
+from scn.runtime import resolve_device
+
+log = logging.getLogger(__name__)
+
+RAFDB_TRAIN_IMAGES = 12271
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+RECIPE_AUG = {"flip_or_noise_p": 0.5, "noise_var": 30.0, "erasing_p": 0.5,
+              "erasing_scale": (0.02, 0.25), "erasing_ratio": (0.3, 3.3)}  # fmt: skip
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                 if ln.startswith("model name")]  # fmt: skip
+        model = names[0] if names else model
+    return f"cpu: {model}, {os.cpu_count()} cores"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_data(folder: Path, images: int) -> DataBundle:
+    """Synthetic faces stored as RAF-DB stores its aligned images: 100x100 JPEGs."""
+    per_class = -(-images // 7)
+    root = ensure_synthetic(folder, per_class, 2, image_size=100, seed=0)
+    dcfg = OmegaConf.create(
+        {"name": "bench", "root": str(root), "label_file": None, "label_format": "auto",
+         "class_names": ["c"] * 7, "noise": {"rate": 0.0, "seed": 0}, "val_fraction": 0.0}
+    )  # fmt: skip
+    return load_dataset(dcfg, folder)
+
+
+def pipeline(
+    kind: str, data: DataBundle, size: int, device, memory_format, workers, cache
+) -> Pipeline:
+    return Pipeline(kind, data, size, MEAN, STD, RECIPE_AUG, device, memory_format, workers, cache)
+
+
+def pipeline_rate(pipe: Pipeline, data: DataBundle, batch: int, max_batches: int) -> float:
+    """Images/s over up to `max_batches` training batches after the first (start-up excluded)."""
+    it = iter(pipe.batches(data.train, True, batch, seed=0))
+    next(it)
+    sync(pipe.device)
+    n, start = 0, time.perf_counter()
+    for k, (x, _) in enumerate(it):
+        n += len(x)
+        if k + 1 >= max_batches:
+            break
+    sync(pipe.device)
+    del it
+    return n / (time.perf_counter() - start)
+
+
+def train_rate(
+    pipe: Pipeline, data: DataBundle, args: argparse.Namespace, device: torch.device
+) -> tuple[float, dict[str, Any]]:
+    """Images/s of full SCN training steps fed by `pipe` over one epoch: `args.warmup` steps (worker
+    start-up, compilation, CUDA-graph capture), then `args.train_batches` timed full batches."""
+    torch.manual_seed(0)
+    model = SCNModel(create_backbone(OmegaConf.create({"name": args.backbone})), 7, scn=True)
+    accel = resolve_accel(OmegaConf.create({}), device, args.batch)
+    model.to(device, memory_format=accel.memory_format).train()
+    forward = accel.compiled(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    scaler = accel.grad_scaler()
+    scn = OmegaConf.structured(SCNConfig)
+    labels = torch.as_tensor(data.train.labels, device=device)
+    full = (b for b in pipe.batches(data.train, True, args.batch) if len(b[1]) == args.batch)
+    start, timed = 0.0, 0
+    for k, (x, idx) in enumerate(full):
+        if k == args.warmup:
+            sync(device)
+            start = time.perf_counter()
+        train_step(forward, optimizer, accel, scaler, scn, x, labels[idx.to(device)])
+        if k >= args.warmup:
+            timed += 1
+            if timed == args.train_batches:
+                sync(device)
+                settings = {"precision": accel.precision, "channels_last": accel.channels_last,
+                            "compile": accel.compile, "cuda_graphs": accel.cuda_graphs}  # fmt: skip
+                return timed * args.batch / (time.perf_counter() - start), settings
+    raise RuntimeError(f"{len(data.train)} images hold fewer than warmup + timed batches")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    cores = os.cpu_count() or 1
+    workers = args.workers if args.workers is not None else cores
+    train_workers = args.train_workers if args.train_workers is not None else min(4, cores)
+    accel = resolve_accel(OmegaConf.create({}), device, args.batch)
+    mf = accel.memory_format
+    result: dict[str, Any] = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "images": None,
+        "batch_size": args.batch,
+        "pipeline": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="scn-bench-", dir=args.workdir) as tmp:
+        folder = Path(tmp)
+        t0 = time.perf_counter()
+        # training is timed within one epoch (no second worker start-up inside the timing)
+        need = (args.warmup + args.train_batches + 1) * args.batch
+        data = make_data(folder, max(args.images, need))
+        log.info("generated %d 100x100 JPEGs in %.1fs", len(data.train), time.perf_counter() - t0)
+        result["images"] = len(data.train)
+        cache = folder / "cache"
+        t0 = time.perf_counter()
+        pipeline("cached", data, 48, device, mf, 0, cache).store("train")
+        result["cache_build_s"] = round(time.perf_counter() - t0, 2)
+        for size in args.sizes:
+            per_sample = pipeline_rate(
+                pipeline("files", data, size, device, mf, workers, cache), data, args.batch,
+                args.batches,
+            )  # fmt: skip
+            cached = pipeline_rate(
+                pipeline("cached", data, size, device, mf, 0, cache), data, args.batch, args.batches
+            )
+            result["pipeline"][str(size)] = {
+                "per_sample": round(per_sample, 1),
+                "cached": round(cached, 1),
+                "pipeline_ratio": round(cached / per_sample, 2),
+            }
+            log.info("pipeline %d px: per-sample %.0f img/s, cached %.0f img/s (%.2fx)",
+                     size, per_sample, cached, cached / per_sample)  # fmt: skip
+        result["pipeline_workers"] = workers
+        if args.train_batches > 0:
+            size = args.train_size
+            files = pipeline("files", data, size, device, mf, train_workers, cache)
+            per_sample, settings = train_rate(files, data, args, device)
+            cached, _ = train_rate(pipeline("cached", data, size, device, mf, 0, cache), data, args,
+                                   device)  # fmt: skip
+            result["train"] = {
+                "per_sample": round(per_sample, 1),
+                "cached": round(cached, 1),
+                "train_ratio": round(cached / per_sample, 2),
+                "epoch_s_per_sample": round(RAFDB_TRAIN_IMAGES / per_sample, 2),
+                "epoch_s_cached": round(RAFDB_TRAIN_IMAGES / cached, 2),
+                "model": f"{args.backbone} SCN, {size} px, batch {args.batch}",
+                "per_sample_workers": train_workers,
+                "timed_batches": args.train_batches,
+                **settings,
+            }
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"device: {result['device']} (torch {result['torch']})",
+             f"{'what':<28}{'per-sample':>12}{'cached':>12}{'ratio':>8}"]  # fmt: skip
+    for size, r in result["pipeline"].items():
+        lines.append(f"{'pipeline ' + size + ' px (img/s)':<28}{r['per_sample']:>12.0f}"
+                     f"{r['cached']:>12.0f}{r['pipeline_ratio']:>7.2f}x")  # fmt: skip
+    if "train" in result:
+        t = result["train"]
+        lines.append(f"{'train step (img/s)':<28}{t['per_sample']:>12.1f}{t['cached']:>12.1f}"
+                     f"{t['train_ratio']:>7.2f}x")  # fmt: skip
+        lines.append(f"{'12,271-image epoch (s)':<28}{t['epoch_s_per_sample']:>12.1f}"
+                     f"{t['epoch_s_cached']:>12.1f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m scn.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="bench.json", help="JSON results file (default: bench.json)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--images", type=int, default=2048, help="generated 100x100 train images")
+    p.add_argument("--sizes", type=int, nargs="+", default=[224, 112, 48], help="output sides")
+    p.add_argument("--batch", type=int, default=64, help="batch size (default 64, as the recipe)")
+    p.add_argument("--batches", type=int, default=30, help="pipeline batches timed per size")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="per-sample DataLoader workers for the pipeline figures (default: cores)",
+    )
+    p.add_argument(
+        "--train-workers",
+        type=int,
+        default=None,
+        help="per-sample workers feeding training (default: min(4, cores))",
+    )
+    p.add_argument("--train-size", type=int, default=224, help="training input side")
+    p.add_argument(
+        "--train-batches",
+        type=int,
+        default=None,
+        help="training steps timed per pipeline (default: 5 on CPU, 100 on CUDA; 0 skips)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="training steps before timing (default: 1 on CPU, 20 on CUDA for compile)",
+    )
+    p.add_argument("--backbone", default="resnet18", help="timm model name (default resnet18)")
+    p.add_argument(
+        "--workdir", default=None, help="where the temp data goes (default: system temp)"
+    )
+    args = p.parse_args(argv)
+    cuda = resolve_device(args.device).type == "cuda"
+    if args.train_batches is None:
+        args.train_batches = 100 if cuda else 5
+    if args.warmup is None:
+        args.warmup = 20 if cuda else 1
+    return args
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    result = run(args)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    log.info("\n%s\nresults written to %s", table(result), Path(args.out).resolve())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(bench, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

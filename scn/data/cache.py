@@ -1,0 +1,208 @@
+"""Decoded-image cache: each dataset split decoded once into a memory-mapped uint8 array.
+
+JPEG decoding dominates the per-sample pipeline's cost, and a sweep decodes the same images in every
+job and every epoch. The cache is keyed by everything that decides its pixels (the dataset's label
+file, every image's relative path, size and modification time, and the decode settings), so sweep jobs
+share it and a changed dataset is never served stale. It is written to a temp file, fsynced and renamed
+under a lock, so two jobs starting together neither corrupt it nor decode it twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as F
+from tqdm import tqdm
+
+from scn.data.datasets import load_rgb
+from scn.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when the decoding itself changes, so old caches are not reused
+PARALLEL_DECODE_FROM = 2000  # images; below this, worker start-up costs more than it saves
+
+
+def cache_key(
+    root: Path, label_file: Path, split: str, paths: Sequence[Path], cache_size: int | None
+) -> str:
+    """sha256 over the decode settings, the label file's bytes and each image's path, size, mtime."""
+    h = hashlib.sha256()
+    settings = {"version": CACHE_VERSION, "split": split, "cache_size": cache_size}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update(label_file.read_bytes())
+    for p in paths:
+        st = p.stat()
+        rel = p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+class _Decode(Dataset):
+    """One image -> uint8 HWC array, resized to `size` x `size` when a size is declared."""
+
+    def __init__(self, paths: Sequence[Path], size: int | None):
+        self.paths = paths
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        x = F.pil_to_tensor(load_rgb(self.paths[i]))  # (3, H, W) uint8
+        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
+            x = F.resize(x, [self.size, self.size], antialias=True)
+        return x.permute(1, 2, 0).numpy()
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock: the second job waits, then finds the finished cache."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _open(path: Path, count: int) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"decoded-image cache {path} is unreadable ({e}); delete it to rebuild"
+        ) from e
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[0] != count or arr.shape[3] != 3:
+        raise UserError(
+            f"decoded-image cache {path} holds {arr.shape} {arr.dtype}, expected ({count}, H, W, 3) "
+            "uint8; delete it to rebuild"
+        )
+    return arr
+
+
+def _build(
+    path: Path, paths: Sequence[Path], size: int | None, workers: int, progress: bool
+) -> None:
+    """Decode every image into a temp .npy beside `path`, then fsync and rename it into place."""
+    loader = DataLoader(
+        _Decode(paths, size),
+        batch_size=64,
+        num_workers=workers,
+        collate_fn=list,  # images may differ in size; the check below names the odd one
+    )
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
+    os.close(fd)
+    out = None
+    try:
+        pos = 0
+        bar = tqdm(total=len(paths), desc="decoding images", leave=False, disable=not progress)
+        for batch in loader:
+            for img in batch:
+                if out is None:
+                    shape = (len(paths), *img.shape)
+                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                if img.shape != out.shape[1:]:
+                    raise UserError(
+                        f"{paths[pos]} is {img.shape[1]}x{img.shape[0]} but {paths[0]} is "
+                        f"{out.shape[2]}x{out.shape[1]}; the decoded-image cache needs one size: set "
+                        "dataset.cache_size=<side> to resize every image once to <side>x<side>, or "
+                        "use dataset.pipeline=files"
+                    )
+                out[pos] = img
+                pos += 1
+            bar.update(len(batch))
+        bar.close()
+        out.flush()
+        del out
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def decoded_images(
+    cache_dir: Path,
+    root: Path,
+    label_file: Path,
+    split: str,
+    paths: Sequence[Path],
+    cache_size: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """The split's images as a read-only memory-mapped uint8 array (N, H, W, 3), decoded on first use.
+
+    `cache_size`: None keeps the stored size (all images must share it, as RAF-DB's 100x100 aligned
+    images do); an int resizes every image once to `cache_size` x `cache_size`.
+    """
+    if not paths:
+        raise UserError(f"the {split} split has no images to cache")
+    key = cache_key(root, label_file, split, paths, cache_size)
+    folder = Path(cache_dir).expanduser() / "decoded"
+    path = folder / f"{split}-{key[:24]}.npy"
+    with _locked(folder / f"{path.name}.lock"):
+        if not path.exists():
+            workers = min(8, os.cpu_count() or 1) if len(paths) >= PARALLEL_DECODE_FROM else 0
+            log.info("decoding %d %s images once into %s", len(paths), split, path)
+            _build(path, paths, cache_size, workers, progress)
+        arr = _open(path, len(paths))
+    log.info("%s images: %s uint8 from %s", split, "x".join(map(str, arr.shape)), path)
+    return arr
+
+
+class ImageStore:
+    """Decoded images on the training device when they fit, else memory-mapped on the host and
+    copied per batch through pinned memory. `gather` returns (B, 3, H, W) uint8 in channels_last
+    strides (the layout the uint8 resize kernels are fastest in)."""
+
+    DEVICE_SHARE = 0.25  # hold the cache on the GPU when it takes at most this share of free memory
+
+    def __init__(self, images: np.ndarray, device: torch.device, on_device: bool | None = None):
+        self.host = images
+        self.device = device
+        if on_device is None:
+            on_device = (
+                device.type == "cuda"
+                and images.nbytes <= self.DEVICE_SHARE * (torch.cuda.mem_get_info(device)[0])
+            )
+        self.on_device = bool(on_device) or device.type == "cpu"
+        self.images: torch.Tensor | None = None
+        if self.on_device:
+            self.images = self._upload(images) if device.type != "cpu" else None
+        self.pin = device.type == "cuda" and not self.on_device
+
+    def _upload(self, images: np.ndarray, chunk: int = 4096) -> torch.Tensor:
+        out = torch.empty(images.shape, dtype=torch.uint8, device=self.device)
+        for a in range(0, len(images), chunk):
+            out[a : a + chunk].copy_(torch.from_numpy(np.array(images[a : a + chunk])))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.host)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return int(self.host.shape[1]), int(self.host.shape[2])
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.images is not None:
+            batch = self.images.index_select(0, rows.to(self.device, non_blocking=True))
+        else:
+            batch = torch.from_numpy(self.host[rows.numpy()])
+            if self.pin:
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.permute(0, 3, 1, 2)

@@ -1,0 +1,243 @@
+"""How batches reach the model: `cached` (decode once, augment whole batches on the training device,
+the default) or `files` (the per-sample reference: decode and augment every image in DataLoader
+workers). Both yield (images, positions) with the images already on the device, normalised and in the
+model's memory format; positions index the split, so the trainer looks labels up itself."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from scn.data.augment import BatchEval, BatchTrain
+from scn.data.cache import ImageStore, decoded_images
+from scn.data.datasets import DataBundle, FaceImages, Split
+from scn.data.transforms import EvalTransform, TrainTransform
+from scn.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PIPELINES = ("cached", "files")
+
+
+def drop_last_single(n: int, batch_size: int) -> bool:
+    """A trailing training batch of one breaks BatchNorm on tiny feature maps: drop that sample."""
+    return n % batch_size == 1
+
+
+class CachedBatches:
+    """Batches gathered from an ImageStore and preprocessed where the images are held: for a
+    GPU-resident store, the order, the gather and the augmentation all stay on the GPU (no host
+    sync); positions are yielded on the store's device."""
+
+    def __init__(
+        self,
+        store: ImageStore,
+        rows: np.ndarray,
+        transform: BatchEval,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        self.store = store
+        self.rows = torch.as_tensor(rows, dtype=torch.long)
+        self.transform = transform
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        n = len(self.rows)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.rows)
+        order = torch.arange(n)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        aug_gen = torch.Generator(device=self.store.device).manual_seed(self.seed)
+        on_device = self.store.images is not None
+        if on_device:  # one copy per epoch, then every index stays on the device
+            order = order.to(self.store.device)
+            rows = self.rows.to(self.store.device)
+        else:
+            rows = self.rows
+        batches = list(order.split(self.batch_size))
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        # host-resident images bound for a GPU: gather the next batch while this one computes
+        prefetch = self.store.pin and len(batches) > 1
+        pool = ThreadPoolExecutor(1) if prefetch else None
+        try:
+            pending = pool.submit(self.store.gather, rows[batches[0]]) if pool else None
+            for k, idx in enumerate(batches):
+                if pool is not None:
+                    x = pending.result()
+                    if k + 1 < len(batches):
+                        pending = pool.submit(self.store.gather, rows[batches[k + 1]])
+                else:
+                    x = self.store.gather(rows[idx])
+                yield self.transform(x, aug_gen), idx
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+class FilesBatches:
+    """The per-sample reference pipeline: a DataLoader over image files, moved to the device."""
+
+    def __init__(
+        self,
+        split: Split,
+        transform: EvalTransform,
+        batch_size: int,
+        device: torch.device,
+        memory_format: torch.memory_format,
+        num_workers: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.device = device
+        self.memory_format = memory_format
+        self.loader = DataLoader(
+            FaceImages(split.paths, transform),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.seed),
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            drop_last=drop_last,
+            persistent_workers=False,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.shuffle:  # training: augmentation runs in this process when num_workers=0
+            torch.manual_seed(self.seed)
+        for x, idx in self.loader:
+            yield x.to(self.device, non_blocking=True, memory_format=self.memory_format), idx
+
+
+class Pipeline:
+    """Makes the batches of every split of one dataset for one device and preprocessing."""
+
+    def __init__(
+        self,
+        kind: str,
+        data: DataBundle,
+        size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augmentation: dict,
+        device: torch.device,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        num_workers: int = 0,
+        cache_dir: Path | None = None,
+        cache_size: int | None = None,
+        progress: bool = False,
+    ):
+        if kind not in PIPELINES:
+            raise UserError(f"dataset.pipeline={kind!r}; use one of {PIPELINES}")
+        self.kind = kind
+        self.data = data
+        self.device = device
+        self.memory_format = memory_format
+        self.num_workers = int(num_workers)
+        self.cache_dir = cache_dir
+        self.cache_size = cache_size
+        self.progress = progress
+        self.stores: dict[str, ImageStore] = {}
+        if kind == "cached":
+            self.train_tf = BatchTrain(size, mean, std, **augmentation, memory_format=memory_format)
+            self.eval_tf = BatchEval(size, mean, std, memory_format)
+        else:
+            self.train_tf = TrainTransform(size, mean, std, **augmentation)
+            self.eval_tf = EvalTransform(size, mean, std)
+
+    def store(self, source: str) -> ImageStore:
+        """The decoded images of one dataset split, loaded (and decoded if new) on first use."""
+        if source not in self.stores:
+            if self.cache_dir is None or self.data.label_file is None:
+                raise UserError(
+                    "the cached pipeline needs paths.cache_dir and a dataset label file"
+                )
+            images = decoded_images(
+                self.cache_dir,
+                self.data.root,
+                self.data.label_file,
+                source,
+                self.data.files[source],
+                self.cache_size,
+                self.progress,
+            )
+            self.stores[source] = ImageStore(images, self.device)
+            on_gpu = self.stores[source].images is not None
+            log.info(
+                "%s images held %s", source, f"on {self.device}" if on_gpu else "memory-mapped"
+            )
+        return self.stores[source]
+
+    def batches(
+        self, split: Split, train: bool, batch_size: int, seed: int = 0
+    ) -> CachedBatches | FilesBatches:
+        """Training batches are shuffled and augmented from `seed`; eval batches keep file order."""
+        drop_last = train and drop_last_single(len(split), batch_size)
+        tf = self.train_tf if train else self.eval_tf
+        if self.kind == "cached":
+            return CachedBatches(
+                self.store(split.source), split.rows, tf, batch_size, train, seed, drop_last
+            )
+        return FilesBatches(
+            split, tf, batch_size, self.device, self.memory_format, self.num_workers, train, seed,
+            drop_last,
+        )  # fmt: skip
+
+
+def resolve_workers(setting: int | str, device: torch.device) -> int:
+    """`auto`: none on CPU (a worker competes with the model for the cores), up to 8 on CUDA."""
+    if setting == "auto":
+        return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+    return int(setting)
+
+
+def build_pipeline(
+    dcfg: DictConfig,
+    data: DataBundle,
+    size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    memory_format: torch.memory_format,
+    cache_dir: Path,
+    progress: bool = False,
+) -> Pipeline:
+    """The dataset config's pipeline (checkpoints from before `dataset.pipeline` get `cached`)."""
+    aug = dcfg.augmentation
+    return Pipeline(
+        dcfg.get("pipeline", "cached"),
+        data,
+        size,
+        mean,
+        std,
+        dict(aug),
+        device,
+        memory_format,
+        resolve_workers(dcfg.get("num_workers", "auto"), device),
+        cache_dir,
+        dcfg.get("cache_size"),
+        progress,
+    )

@@ -1,0 +1,63 @@
+"""Speed settings: what auto means per device, named errors for impossible choices, and that a
+lower-precision model step leaves the SCN math in fp32."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from scn.app import train
+from scn.engine.accel import resolve_accel
+from scn.errors import UserError
+from scn.models.backbones import create_backbone
+from scn.models.scn_model import SCNModel
+
+CPU = torch.device("cpu")
+
+
+def settings(**kw):
+    return OmegaConf.create(kw)
+
+
+def test_auto_on_cpu_is_fp32_without_compile_but_channels_last():
+    accel = resolve_accel(settings(), CPU, 64)
+    assert (accel.precision, accel.compile, accel.cuda_graphs) == ("fp32", False, False)
+    assert accel.channels_last and accel.memory_format == torch.channels_last
+    assert accel.grad_scaler() is None
+    assert accel.compiled(torch.nn.Linear(2, 2)).__class__ is torch.nn.Linear
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"precision": "fp16"}, "fp16 needs CUDA"),
+        ({"precision": "half"}, "trainer.precision='half'"),
+        ({"cuda_graphs": True}, "cuda_graphs=true needs CUDA"),
+        ({"compile": "yes"}, "trainer.compile='yes'"),
+    ],
+)
+def test_impossible_settings_are_named(kw, message):
+    with pytest.raises(UserError, match=message):
+        resolve_accel(settings(**kw), CPU, 64)
+
+
+def test_bf16_autocast_keeps_the_head_and_loss_inputs_fp32():
+    bcfg = OmegaConf.create({"name": "resnet10t"})
+    model = SCNModel(create_backbone(bcfg), 7).to(memory_format=torch.channels_last)
+    accel = resolve_accel(settings(precision="bf16"), CPU, 4)
+    with accel.autocast():
+        out = model(torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    assert out.features.dtype == torch.bfloat16  # the backbone ran in bf16
+    assert out.logits.dtype == torch.float32 and out.alpha.dtype == torch.float32
+
+
+def test_bf16_training_runs_end_to_end_on_cpu(tiny_cfg):
+    summary = train(tiny_cfg("trainer.precision=bf16", "trainer.epochs=1", "scn.relabel_epoch=1",
+                             "trainer.checkpoints=none"))  # fmt: skip
+    assert 0.0 <= summary["test/acc"] <= 1.0
+    assert summary["epochs"] == 1
+
+
+def test_files_pipeline_trains_like_before(tiny_cfg, tmp_path):
+    summary = train(tiny_cfg("dataset.pipeline=files", "trainer.epochs=1",
+                             "trainer.checkpoints=none"))  # fmt: skip
+    assert summary["epochs"] == 1 and 0.0 <= summary["test/acc"] <= 1.0
