@@ -26,14 +26,17 @@ RESUME_OVERRIDABLE = (
     "trainer.epochs",
     "trainer.device",
     "trainer.progress",
+    "dataset.num_workers",
+    "logger",
+    "paths",
+)
+# speed settings a resumed run keeps from the checkpoint unless the command line sets them
+RESUME_TUNABLE = (
     "trainer.precision",
     "trainer.channels_last",
     "trainer.compile",
     "trainer.cuda_graphs",
-    "dataset.num_workers",
     "dataset.pipeline",
-    "logger",
-    "paths",
 )
 
 
@@ -67,9 +70,12 @@ def resume_config(cfg: DictConfig, state: dict[str, Any]) -> DictConfig:
     saved, saved_choices = state["config"], state.get("choices", {})
     flat_now, flat_saved = _flatten(to_container(cfg)), _flatten(saved)
     choices_now = hydra_choices()
-    conflicts = []
+    conflicts, tuned = [], []
     for override in _command_line_overrides():
         key = override.split("=", 1)[0].lstrip("+~")
+        if key in RESUME_TUNABLE:
+            tuned.append(key)
+            continue
         if _overridable(key):
             continue
         if key in choices_now:  # a group option such as dataset=synthetic
@@ -82,8 +88,9 @@ def resume_config(cfg: DictConfig, state: dict[str, Any]) -> DictConfig:
     if conflicts:
         raise UserError(
             f"resuming from {cfg.ckpt_path} takes its config from the checkpoint, but the command "
-            f"line changes {', '.join(conflicts)}. Only trainer.epochs, trainer.device, logger.* and "
-            "paths.* may change on resume; start a new run to change anything else"
+            f"line changes {', '.join(conflicts)}. Only trainer.epochs, trainer.device, logger.*, "
+            "paths.* and the speed settings (trainer.precision, channels_last, compile, "
+            "cuda_graphs, dataset.pipeline) may change on resume; start a new run otherwise"
         )
     merged = OmegaConf.create(saved)
     for key in RESUME_OVERRIDABLE:
@@ -91,6 +98,8 @@ def resume_config(cfg: DictConfig, state: dict[str, Any]) -> DictConfig:
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
         else:
             merged[key] = cfg[key]
+    for key in tuned:
+        OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
     return merged
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from scn.data.cache import ImageStore
 from scn.data.datasets import load_dataset
 from scn.data.pipeline import Pipeline, build_pipeline
 from scn.errors import UserError
@@ -91,3 +92,18 @@ def test_val_rows_point_into_the_train_source(data):
     names = [p.name for p in data.val.paths]
     assert names == [data.files["train"][r].name for r in data.val.rows]
     assert np.intersect1d(data.val.rows, data.train.rows).size == 0
+
+
+def test_device_resident_images_give_the_same_batches_as_memory_mapped(data, tmp_path):
+    """The GPU path (images, order and indices on the device) exercised on CPU RAM: same batches."""
+    mapped = pipeline("cached", data, tmp_path)
+    resident = pipeline("cached", data, tmp_path)
+    store = mapped.store("train")
+    resident.stores["train"] = ImageStore(store.host, store.device, on_device=True)
+    assert mapped.store("train").images is None and resident.store("train").images is not None
+    for train in (True, False):
+        a = list(mapped.batches(data.train, train, 4, seed=5))
+        b = list(resident.batches(data.train, train, 4, seed=5))
+        assert len(a) == len(b)
+        for (xa, ia), (xb, ib) in zip(a, b, strict=True):
+            assert torch.equal(ia, ib) and torch.equal(xa, xb)

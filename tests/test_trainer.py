@@ -166,6 +166,17 @@ def test_resume_refuses_other_changes_and_finished_runs(tmp_path):
         train(compose_cfg([*TINY, f"ckpt_path={ckpt}", "trainer.epochs=1"], tmp_path / "c"))
 
 
+def test_resume_keeps_speed_settings_unless_the_command_line_sets_them(tmp_path):
+    train(compose_cfg([*TINY, "trainer.epochs=1", "trainer.checkpoints=last",
+                       "trainer.precision=bf16", "trainer.channels_last=false"], tmp_path / "a"))  # fmt: skip
+    resume = [*TINY, f"ckpt_path={tmp_path / 'a/last.pt'}", "trainer.epochs=2"]
+    train(compose_cfg([*resume, "dataset.pipeline=files"], tmp_path / "b"))
+    cfg = load_checkpoint(tmp_path / "b/last.pt")["config"]
+    assert cfg["trainer"]["precision"] == "bf16"  # kept, not reset to auto
+    assert cfg["trainer"]["channels_last"] is False
+    assert cfg["dataset"]["pipeline"] == "files"  # set on the command line
+
+
 def test_checkpoint_writes_are_atomic_and_bad_files_are_named(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"epoch": 1})

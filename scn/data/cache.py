@@ -165,25 +165,23 @@ def decoded_images(
 
 
 class ImageStore:
-    """Decoded images on the training device when they fit, else memory-mapped on the host and
-    copied per batch through pinned memory. `gather` returns (B, 3, H, W) uint8 in channels_last
-    strides (the layout the uint8 resize kernels are fastest in)."""
+    """Decoded images held on the training device when they fit (a GPU cache, no host round trip),
+    else memory-mapped on the host and copied per batch, through pinned memory for a GPU.
+    `gather` returns (B, 3, H, W) uint8 in channels_last strides (the layout the uint8 resize kernels
+    are fastest in), always a copy that augmentation may change in place."""
 
     DEVICE_SHARE = 0.25  # hold the cache on the GPU when it takes at most this share of free memory
 
     def __init__(self, images: np.ndarray, device: torch.device, on_device: bool | None = None):
+        """`on_device`: None decides by size on CUDA and memory-maps on CPU; True loads the images
+        into device memory (RAM on CPU), False keeps them memory-mapped."""
         self.host = images
         self.device = device
         if on_device is None:
-            on_device = (
-                device.type == "cuda"
-                and images.nbytes <= self.DEVICE_SHARE * (torch.cuda.mem_get_info(device)[0])
-            )
-        self.on_device = bool(on_device) or device.type == "cpu"
-        self.images: torch.Tensor | None = None
-        if self.on_device:
-            self.images = self._upload(images) if device.type != "cpu" else None
-        self.pin = device.type == "cuda" and not self.on_device
+            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+            on_device = images.nbytes <= self.DEVICE_SHARE * free
+        self.images = self._upload(images) if on_device else None
+        self.pin = device.type == "cuda" and self.images is None
 
     def _upload(self, images: np.ndarray, chunk: int = 4096) -> torch.Tensor:
         out = torch.empty(images.shape, dtype=torch.uint8, device=self.device)
@@ -193,10 +191,6 @@ class ImageStore:
 
     def __len__(self) -> int:
         return len(self.host)
-
-    @property
-    def image_shape(self) -> tuple[int, int]:
-        return int(self.host.shape[1]), int(self.host.shape[2])
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         if self.images is not None:
