@@ -60,6 +60,8 @@ def test_cuda_cached_pipeline_matches_cpu_and_the_recipe_rates(tmp_path):
         assert out.is_cuda
         assert (out.cpu() - ref).abs().max().item() <= 1 / (255 * 0.25) + 1e-4
     grey = torch.full((4000, 3, 20, 20), 128, dtype=torch.uint8, device=cuda)
-    out = BatchTrain(20, mean, std, flip_or_noise_p=0.0)(grey, torch.Generator(cuda).manual_seed(0))
+    out = BatchTrain(20, mean, std, flip_or_noise_p=0.0)(
+        grey, torch.Generator(device=cuda).manual_seed(0)
+    )
     erased = (out == 0).flatten(1).any(1).float().mean().item()
     assert abs(erased - 0.5) < 0.04

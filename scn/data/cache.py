@@ -9,7 +9,6 @@ under a lock, so two jobs starting together neither corrupt it nor decode it twi
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -27,6 +26,11 @@ from tqdm import tqdm
 
 from scn.data.datasets import load_rgb
 from scn.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the atomic rename still keeps the cache whole
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,9 @@ class _Decode(Dataset):
 def _locked(lock_path: Path) -> Iterator[None]:
     """An exclusive advisory lock: the second job waits, then finds the finished cache."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
     with open(lock_path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
