@@ -196,9 +196,6 @@ class ImageStore:
             out[a : a + chunk].copy_(torch.from_numpy(np.array(images[a : a + chunk])))
         return out
 
-    def __len__(self) -> int:
-        return len(self.host)
-
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         if self.images is not None:
             batch = self.images.index_select(0, rows.to(self.device, non_blocking=True))

@@ -27,11 +27,6 @@ log = logging.getLogger(__name__)
 PIPELINES = ("cached", "files")
 
 
-def drop_last_single(n: int, batch_size: int) -> bool:
-    """A trailing training batch of one breaks BatchNorm on tiny feature maps: drop that sample."""
-    return n % batch_size == 1
-
-
 class CachedBatches:
     """Batches gathered from an ImageStore and preprocessed where the images are held: for a
     GPU-resident store, the order, the gather and the augmentation all stay on the GPU (no host
@@ -195,7 +190,8 @@ class Pipeline:
         self, split: Split, train: bool, batch_size: int, seed: int = 0
     ) -> CachedBatches | FilesBatches:
         """Training batches are shuffled and augmented from `seed`; eval batches keep file order."""
-        drop_last = train and drop_last_single(len(split), batch_size)
+        # a trailing training batch of one breaks BatchNorm on tiny feature maps: drop that sample
+        drop_last = train and len(split) % batch_size == 1
         tf = self.train_tf if train else self.eval_tf
         if self.kind == "cached":
             return CachedBatches(

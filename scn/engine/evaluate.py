@@ -72,13 +72,11 @@ def predict_confusion(
     for x, idx in tqdm(loader, desc=desc, leave=False, disable=not progress):
         x = x.to(device, non_blocking=True, memory_format=memory_format)
         with autocast():
-            logits = model(x).logits.float()
-            if hflip:  # test-time augmentation: average the probabilities of image and mirror
-                probs = torch.softmax(logits, 1) + torch.softmax(
-                    model(x.flip(-1)).logits.float(), 1
-                )
-                logits = probs
-        cm += confusion_matrix(labels[idx.to(device)], logits.argmax(dim=1), num_classes)
+            scores = model(x).logits.float()
+            if hflip:  # test-time augmentation: sum the probabilities of image and mirror
+                mirror = model(x.flip(-1)).logits.float()
+                scores = torch.softmax(scores, 1) + torch.softmax(mirror, 1)
+        cm += confusion_matrix(labels[idx.to(device)], scores.argmax(dim=1), num_classes)
     model.train(was_training)
     return cm.cpu()
 

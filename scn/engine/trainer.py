@@ -90,6 +90,21 @@ def train_step(forward, optimizer, accel: Accel, scaler, scn, x: torch.Tensor, y
     return out, loss, ce, rr
 
 
+class DeviceSums:
+    """Named running sums kept on the training device and read once, so no step waits for it."""
+
+    def __init__(self, keys: tuple[str, ...], device: torch.device):
+        self.keys = keys
+        self.index = {k: i for i, k in enumerate(keys)}
+        self.values = torch.zeros(len(keys), dtype=torch.float64, device=device)
+
+    def add(self, key: str, value: torch.Tensor | float) -> None:
+        self.values[self.index[key]] += value
+
+    def read(self) -> dict[str, float]:
+        return dict(zip(self.keys, self.values.tolist(), strict=True))
+
+
 class Trainer:
     """Owns the model, optimiser, scheduler and the train-label tensor that relabeling edits."""
 
@@ -237,8 +252,7 @@ class Trainer:
         relabeling = scn.enabled and epoch >= scn.relabel_epoch
         lr = self.optimizer.param_groups[0]["lr"]
         keys = ("n", "loss", "ce", "correct", "rr", "high", "low", "relabeled", "fixed", "broken")
-        acc = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
-        add = {k: i for i, k in enumerate(keys)}
+        sums = DeviceSums(keys, self.device)
         high_count = low_count = 0
         alphas: list[torch.Tensor] = []
         changes: list[torch.Tensor] = []  # (position, old, new) rows of this epoch's batches
@@ -250,18 +264,18 @@ class Trainer:
 
             n = len(idx)
             logits = out.logits.detach()
-            acc[add["n"]] += n
-            acc[add["loss"]] += loss.detach().double() * n
-            acc[add["ce"]] += ce.detach().double() * n
-            acc[add["correct"]] += (logits.argmax(1) == y).sum()
+            sums.add("n", n)
+            sums.add("loss", loss.detach().double() * n)
+            sums.add("ce", ce.detach().double() * n)
+            sums.add("correct", (logits.argmax(1) == y).sum())
             if scn.enabled:
-                acc[add["rr"]] += rr.rr.detach().double() * n
-                acc[add["high"]] += rr.high_sum.double()
-                acc[add["low"]] += rr.low_sum.double()
+                sums.add("rr", rr.rr.detach().double() * n)
+                sums.add("high", rr.high_sum.double())
+                sums.add("low", rr.low_sum.double())
                 high_count += rr.high_count
                 low_count += rr.low_count
             if relabeling:
-                new = self._relabel(logits, out.alpha, y, idx, acc, add)
+                new = self._relabel(logits, out.alpha, y, idx, sums)
                 changes.append(torch.stack([idx, y, new]))
             if out.alpha is not None:  # a copy: compiled graphs may reuse their output buffers
                 alphas.append(out.alpha.detach().float().clone())
@@ -274,7 +288,7 @@ class Trainer:
                 [i, o, n, epoch]
                 for i, o, n in zip(*(t[changed].tolist() for t in (pos, old, new)), strict=True)
             ]
-        totals = dict(zip(keys, acc.tolist(), strict=True))
+        totals = sums.read()
         n = max(totals["n"], 1)
         row: dict[str, Any] = {
             "epoch": epoch,
@@ -300,9 +314,9 @@ class Trainer:
     def step(self, x: torch.Tensor, y: torch.Tensor):
         return train_step(self.forward, self.optimizer, self.accel, self.scaler, self.cfg.scn, x, y)
 
-    def _relabel(self, logits, alpha, y, idx, acc, add) -> torch.Tensor:
+    def _relabel(self, logits, alpha, y, idx, sums: DeviceSums) -> torch.Tensor:
         """Apply the relabel rule to this batch, audit it against the clean reference (counts in
-        `acc`), and return the batch's labels after the rule."""
+        `sums`), and return the batch's labels after the rule."""
         scn = self.cfg.scn
         candidates = None
         if scn.relabel_scope == RelabelScope.low:
@@ -312,9 +326,9 @@ class Trainer:
         new = relabel(logits, y, scn.margin_2, candidates)
         changed = new != y
         clean = self.clean_labels[idx]
-        acc[add["relabeled"]] += changed.sum()
-        acc[add["fixed"]] += (changed & (y != clean) & (new == clean)).sum()
-        acc[add["broken"]] += (changed & (y == clean) & (new != clean)).sum()
+        sums.add("relabeled", changed.sum())
+        sums.add("fixed", (changed & (y != clean) & (new == clean)).sum())
+        sums.add("broken", (changed & (y == clean) & (new != clean)).sum())
         self.labels[idx] = new
         return new
 
