@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import logging
+import os
+import traceback
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.errors import CompactHydraException
+from omegaconf import Container, DictConfig, OmegaConf
 
+from scn import sweep
 from scn.config import hydra_choices, to_container
-from scn.engine.checkpoint import load_checkpoint
+from scn.engine.checkpoint import load_checkpoint, resume_file
 from scn.engine.evaluate import evaluate_checkpoint
+from scn.engine.guard import Preempted
 from scn.engine.trainer import Trainer
-from scn.errors import UserError
+from scn.errors import JobFailed, UserError
 from scn.runtime import release_job_resources
 from scn.tracking.wandb_run import build_tracker
 
 log = logging.getLogger(__name__)
 
-# keys a resumed run may take from the command line instead of the checkpoint
+# keys a resumed run may change, on the command line only: any key not given there keeps the
+# checkpoint's value (trainer.epochs included); the speed settings come last
 RESUME_OVERRIDABLE = (
     "task",
     "ckpt_path",
@@ -29,15 +35,14 @@ RESUME_OVERRIDABLE = (
     "dataset.num_workers",
     "logger",
     "paths",
-)
-# speed settings a resumed run keeps from the checkpoint unless the command line sets them
-RESUME_TUNABLE = (
     "trainer.precision",
     "trainer.channels_last",
     "trainer.compile",
     "trainer.cuda_graphs",
     "dataset.pipeline",
 )
+# what a user can fix: our own errors and Hydra's config errors (composition, instantiation)
+USER_ERRORS = (UserError, CompactHydraException)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -61,8 +66,11 @@ def _command_line_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def resume_config(cfg: DictConfig, state: dict[str, Any]) -> DictConfig:
-    """The checkpoint's config, with epochs, logger, paths (and device/workers) from this run.
+def resume_config(
+    cfg: DictConfig, state: dict[str, Any], ckpt_file: Path | None = None
+) -> DictConfig:
+    """The checkpoint's config, with the RESUME_OVERRIDABLE keys the command line sets and this
+    run's directory; `ckpt_path` becomes `ckpt_file`, the file actually read.
 
     Any other key or group option given on the command line must agree with the checkpoint, so a
     resumed run never silently trains something other than what was started.
@@ -70,13 +78,11 @@ def resume_config(cfg: DictConfig, state: dict[str, Any]) -> DictConfig:
     saved, saved_choices = state["config"], state.get("choices", {})
     flat_now, flat_saved = _flatten(to_container(cfg)), _flatten(saved)
     choices_now = hydra_choices()
-    conflicts, tuned = [], []
+    conflicts, given = [], []
     for override in _command_line_overrides():
         key = override.split("=", 1)[0].lstrip("+~")
-        if key in RESUME_TUNABLE:
-            tuned.append(key)
-            continue
         if _overridable(key):
+            given.append(key)
             continue
         if key in choices_now:  # a group option such as dataset=synthetic
             if saved_choices.get(key) != choices_now[key]:
@@ -93,14 +99,20 @@ def resume_config(cfg: DictConfig, state: dict[str, Any]) -> DictConfig:
             "cuda_graphs, dataset.pipeline) may change on resume; start a new run otherwise"
         )
     merged = OmegaConf.create(saved)
-    for key in RESUME_OVERRIDABLE:
-        if key in ("task", "ckpt_path", "eval") or "." in key:
-            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
-        else:
-            merged[key] = cfg[key]
-    for key in tuned:
-        OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+    for key in ["task", "paths.output_dir", *given]:  # this run's task and directory, always
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, Container):
+            value = OmegaConf.to_container(value, resolve=True)
+        OmegaConf.update(merged, key, value, merge=False, force_add=True)
+    merged.ckpt_path = str(ckpt_file or cfg.ckpt_path)
     return merged
+
+
+def requeued(output_dir: Path) -> bool:
+    """A job SLURM requeued (preemption, node failure, `scontrol requeue`) runs its command again
+    in the same directory: it resumes from the last.pt it left there."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    return restarts > 0 and (output_dir / "last.pt").is_file()
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -108,17 +120,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(str(cfg.paths.output_dir))
     output_dir.mkdir(parents=True, exist_ok=True)
     state = None
-    if cfg.ckpt_path:
-        state = load_checkpoint(cfg.ckpt_path)
-        cfg = resume_config(cfg, state)
-        log.info("resuming %s after epoch %d", cfg.ckpt_path, state["epoch"])
+    source = output_dir if requeued(output_dir) else cfg.ckpt_path
+    if source:
+        ckpt_file = resume_file(source)
+        state = load_checkpoint(ckpt_file)
+        cfg = resume_config(cfg, state, ckpt_file)
+        inside = state.get("partial")
+        where = f"at step {inside['batches']} of epoch {inside['epoch']}" if inside else ""
+        log.info("resuming %s %s", ckpt_file, where or f"after epoch {state['epoch']}")
     trainer = Trainer(cfg, output_dir, state)
     tracker = build_tracker(cfg, output_dir, run_id=trainer.run_id)
     trainer.run_id = tracker.run_id
     try:
         summary = trainer.fit(tracker)
-    except BaseException:
-        tracker.finish(exit_code=1)  # the next job of a multirun starts with no open run
+    except BaseException as e:  # the next job of a multirun starts with no open run
+        tracker.finish(exit_code=1, error=describe(e), preempted=isinstance(e, Preempted))
         raise
     tracker.finish(summary, trainer)
     s = summary
@@ -149,8 +165,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     tracker = build_tracker(cfg, Path(str(cfg.paths.output_dir)), job_type="eval")
     try:
         report = evaluate_checkpoint(cfg)
-    except BaseException:
-        tracker.finish(exit_code=1)
+    except BaseException as e:
+        tracker.finish(exit_code=1, error=describe(e))
         raise
     tracker.finish(report)
     split = report["split"]
@@ -181,3 +197,40 @@ def main(cfg: DictConfig) -> float:
             f"choose one of {', '.join(k for k, v in summary.items() if isinstance(v, float))}"
         )
     return float(summary[cfg.optimized_metric])
+
+
+def describe(e: BaseException) -> str:
+    """A failure in one line's worth: the message of errors a user can fix, else type and text."""
+    return str(e) if isinstance(e, (*USER_ERRORS, Preempted)) else f"{type(e).__name__}: {e}"
+
+
+def run_job(cfg: DictConfig) -> float | sweep.FailedJob:
+    """What run.py calls for each job: `main`, with failures recorded. A single run (or a
+    multirun with continue_on_error=false) ends the process through JobFailed, printed once by
+    scn.cli.hydra_cli; a failed multirun job is recorded in its directory and the sweep goes on."""
+    job = sweep.current_job()
+    if job is not None:
+        sweep.clear_failure(job)
+    try:
+        return main(cfg)
+    except Preempted as e:  # the machine is going away: stop a multirun too
+        _write_to_log_files(str(e))
+        raise JobFailed(str(e), e.exit_code) from e
+    except Exception as e:
+        user = isinstance(e, USER_ERRORS)
+        text = str(e) if user else "".join(traceback.format_exception(e))
+        if job is not None:
+            sweep.record_failure(job, text)
+            if cfg.get("continue_on_error", True):
+                return sweep.FailedJob(job.num, sweep.first_line(text))
+        else:
+            _write_to_log_files(text)
+        raise JobFailed(text, 2 if user else 1) from e
+
+
+def _write_to_log_files(text: str) -> None:
+    """The run's log file records the error; the terminal gets it once, from hydra_cli."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

@@ -1,9 +1,10 @@
 """`python -m scn.features SOURCE INPUT --out DIR`: pooled backbone features for reuse elsewhere.
 
 SOURCE is a checkpoint of this project, or raw backbone weights with `--backbone NAME`. INPUT is a
-folder of images (searched recursively), a list file, or a RAF-DB-layout root with `--split` (then
-labels are exported too). Writes one `.npy` per image mirroring the input tree, and `features.npz`
-with features, alphas, logits, labels and paths.
+folder of images (searched recursively), a list file, or a dataset root with `--split` (and
+`--dataset NAME`, default rafdb; then labels are exported too). Writes one `.npy` per image named
+after the image (its path under INPUT, or its dataset name), and `features.npz` with features,
+alphas, logits, labels, paths and names.
 """
 
 from __future__ import annotations
@@ -14,53 +15,32 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from scn.cli import run_cli
-from scn.data.datasets import load_dataset
-from scn.data.labels import RAFDB_CLASS_NAMES, RAFDB_LABEL_FILE
-from scn.errors import UserError
-from scn.inference import find_images, finish_report, iter_batches, load_any
+from scn.inference import dataset_images, find_images, finish_report, iter_batches, load_any
 
 log = logging.getLogger(__name__)
 
 
-def dataset_split(root: Path, split: str) -> tuple[list[Path], np.ndarray]:
-    """Images and clean labels of one split of a RAF-DB-layout folder."""
-    dcfg = OmegaConf.create(
-        {"name": "rafdb", "root": str(root), "class_names": list(RAFDB_CLASS_NAMES), "label_file": None,
-         "noise": {"rate": 0.0, "seed": 0}, "val_fraction": 0.0, "val_seed": 0}
-    )  # fmt: skip
-    data = load_dataset(dcfg, root)
-    chosen = data.train if split == "train" else data.test
-    return chosen.paths, chosen.clean_labels
-
-
 def export(source: str, inputs: str, out: str, backbone: str | None = None, split: str | None = None,
-           batch_size: int = 64, device: str = "auto") -> int:  # fmt: skip
+           batch_size: int = 64, device: str = "auto", dataset: str = "rafdb") -> int:  # fmt: skip
     """Write the features; returns the number of images exported."""
     lm = load_any(source, backbone, device)
     root = Path(inputs).expanduser()
     if split:
-        if not (root / RAFDB_LABEL_FILE).is_file():
-            raise UserError(
-                f"--split needs a RAF-DB-layout folder; {root / RAFDB_LABEL_FILE} is missing"
-            )
-        paths, labels = dataset_split(root, split)
-        base = root
+        images, labels = dataset_images(dataset, root, split)
     else:
-        paths, base = find_images(root)
-        labels = np.full(len(paths), -1, dtype=np.int64)
+        images = find_images(root)
+        labels = np.full(len(images), -1, dtype=np.int64)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped: list = []
     feats, alphas, logits, kept = [], [], [], []
-    for batch in iter_batches(paths, lm.transform, batch_size, skipped):
+    for batch in iter_batches(images, lm.transform, batch_size, skipped):
         result = lm(batch.images)
         f = result.features.float().cpu().numpy()
-        for j, path in enumerate(batch.paths):
-            rel = path.relative_to(base) if path.is_relative_to(base) else Path(path.name)
-            target = (out_dir / rel).with_suffix(".npy")
+        for j, i in enumerate(batch.indices):
+            target = (out_dir / images.names[i]).with_suffix(".npy")
             target.parent.mkdir(parents=True, exist_ok=True)
             np.save(target, f[j])
         feats.append(f)
@@ -71,14 +51,15 @@ def export(source: str, inputs: str, out: str, backbone: str | None = None, spli
             result.logits.float().cpu().numpy() if lm.class_names else np.zeros((len(f), 0))
         )
         kept += batch.indices
-    finish_report(len(paths), skipped)
+    finish_report(len(images), skipped)
     np.savez(
         out_dir / "features.npz",
         features=np.concatenate(feats).astype(np.float32),
         alphas=np.concatenate(alphas).astype(np.float32),
         logits=np.concatenate(logits).astype(np.float32),
         labels=labels[kept],
-        paths=np.array([str(paths[i]) for i in kept]),
+        paths=np.array([images.describe(i) for i in kept]),
+        names=np.array([images.names[i] for i in kept]),
         class_names=np.array(lm.class_names),
     )
     log.info("%d feature vectors of %d dims written to %s (%d skipped)",
@@ -94,13 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "source", help="a checkpoint of this project, or backbone weights (--backbone)"
     )
-    parser.add_argument("inputs", help="a folder, a list file, or a RAF-DB root with --split")
+    parser.add_argument("inputs", help="a folder, a list file, or a dataset root with --split")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--backbone", help="architecture of raw weights, e.g. iresnet18 or resnet18"
     )
     parser.add_argument(
-        "--split", choices=["train", "test"], help="export a RAF-DB split with labels"
+        "--split", choices=["train", "val", "test"], help="export a dataset split with labels"
+    )
+    parser.add_argument(
+        "--dataset", default="rafdb", help="format of the dataset root (default: %(default)s)"
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
@@ -114,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         args.split,
         args.batch_size,
         args.device,
+        args.dataset,
     )
 
 

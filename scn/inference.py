@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from scn.data.datasets import load_rgb
+from scn.data.datasets import dataset_config, default_cache_dir, load_dataset
+from scn.data.sources import FileImages, ImageList
 from scn.data.transforms import EvalTransform
 from scn.engine.checkpoint import load_checkpoint
 from scn.errors import UserError
@@ -94,9 +96,9 @@ def load_any(path: str | Path, backbone: str | None, device: str = "auto") -> Lo
         raise
 
 
-def find_images(source: str | Path) -> tuple[list[Path], Path]:
+def find_images(source: str | Path) -> FileImages:
     """Images of a file, a folder (recursively) or a list file (one path per line, relative to the
-    list's folder). Returns the paths and the base folder that relative output names start from."""
+    list's folder), each named by its path relative to that folder (output names start from it)."""
     source = Path(source).expanduser()
     if source.is_dir():
         paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -104,49 +106,61 @@ def find_images(source: str | Path) -> tuple[list[Path], Path]:
             raise UserError(
                 f"no images in {source} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
             )
-        return paths, source
-    if not source.is_file():
+        base = source
+    elif not source.is_file():
         raise UserError(f"not found: {source}; pass an image, a folder or a list file")
-    if source.suffix.lower() in IMAGE_SUFFIXES:
-        return [source], source.parent
-    lines = [line.strip().split()[0] for line in source.read_text().splitlines() if line.strip()]
-    if not lines:
-        raise UserError(f"{source}: empty list file; expected one image path per line")
-    return [
-        (source.parent / p) if not Path(p).is_absolute() else Path(p) for p in lines
-    ], source.parent
+    elif source.suffix.lower() in IMAGE_SUFFIXES:
+        paths, base = [source], source.parent
+    else:
+        lines = [ln.strip().split()[0] for ln in source.read_text().splitlines() if ln.strip()]
+        if not lines:
+            raise UserError(f"{source}: empty list file; expected one image path per line")
+        paths = [(source.parent / p) if not Path(p).is_absolute() else Path(p) for p in lines]
+        base = source.parent
+    names = [p.relative_to(base).as_posix() if p.is_relative_to(base) else p.name for p in paths]
+    return FileImages(paths, names)
+
+
+def dataset_images(
+    name: str, root: str | Path, split: str, cache_dir: Path | None = None
+) -> tuple[ImageList, np.ndarray]:
+    """One split of a dataset of any format the project reads, with its clean labels."""
+    data = load_dataset(dataset_config(name, root), cache_dir or default_cache_dir())
+    chosen = {"train": data.train, "val": data.val, "test": data.test}[split]
+    if chosen is None:
+        raise UserError(f"--split val: {name} at {root} has no validation split of its own")
+    return chosen.images, chosen.clean_labels
 
 
 @dataclass
 class Batch:
-    paths: list[Path]
     images: torch.Tensor
     indices: list[int]  # positions in the input list
 
 
 def iter_batches(
-    paths: list[Path], transform: EvalTransform, batch_size: int, skipped: list[tuple[Path, str]]
+    images: ImageList, transform: EvalTransform, batch_size: int, skipped: list[tuple[str, str]]
 ) -> Iterator[Batch]:
     """Decode and preprocess in order; an unreadable image is recorded in `skipped`, not fatal."""
-    buf: list[tuple[int, Path, torch.Tensor]] = []
+    buf: list[tuple[int, torch.Tensor]] = []
     warned = False
-    for i, path in enumerate(paths):
+    for i in range(len(images)):
         try:
-            img = load_rgb(path)
+            img = images.load(i)
         except UserError as e:
             log.warning("skipping %s", e)
-            skipped.append((path, str(e)))
+            skipped.append((images.describe(i), str(e)))
             continue
-        warned = warned or _warn_size(img, path, transform.size)
-        buf.append((i, path, transform(img)))
-        if len(buf) == batch_size or i == len(paths) - 1:
-            yield Batch([b[1] for b in buf], torch.stack([b[2] for b in buf]), [b[0] for b in buf])
+        warned = warned or _warn_size(img, images.describe(i), transform.size)
+        buf.append((i, transform(img)))
+        if len(buf) == batch_size:
+            yield Batch(torch.stack([b[1] for b in buf]), [b[0] for b in buf])
             buf = []
-    if buf:  # the last path was unreadable
-        yield Batch([b[1] for b in buf], torch.stack([b[2] for b in buf]), [b[0] for b in buf])
+    if buf:
+        yield Batch(torch.stack([b[1] for b in buf]), [b[0] for b in buf])
 
 
-def _warn_size(img: Image.Image, path: Path, input_size: int) -> bool:
+def _warn_size(img: Image.Image, path: str, input_size: int) -> bool:
     """The model saw aligned face crops resized to `input_size`; whole photos would be misread."""
     side = max(img.size)
     if side > 4 * input_size or side * 4 < input_size:
@@ -159,7 +173,7 @@ def _warn_size(img: Image.Image, path: Path, input_size: int) -> bool:
     return False
 
 
-def finish_report(total: int, skipped: list[tuple[Path, str]]) -> None:
+def finish_report(total: int, skipped: list[tuple[str, str]]) -> None:
     if skipped and len(skipped) == total:
         raise UserError(f"none of the {total} images could be read (first: {skipped[0][1]})")
     if skipped:

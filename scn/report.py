@@ -3,7 +3,8 @@
 Reads every run under DIR (a multirun folder or any folder of runs): `summary.json`,
 `metrics.jsonl` and `.hydra/overrides.yaml`. A configuration is a run's overrides without seed,
 logger, paths and Hydra keys; runs that differ only there are repetitions. Writes `report.md`,
-`report.csv`, PNG plots and one self-contained `report.html`.
+`report.csv`, PNG plots and one self-contained `report.html`. Jobs that failed (an `error.txt` in
+their folder) are listed in a section of their own.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import yaml
 
 from scn.cli import run_cli
 from scn.errors import UserError
+from scn.sweep import ERROR_FILE, first_line
 from scn.tracking.local import read_metrics
 
 log = logging.getLogger(__name__)
@@ -60,18 +62,35 @@ class Run:
         return None
 
 
+def _overrides(run_dir: Path) -> list[str]:
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+    return list(overrides or [])
+
+
+def find_failed(root: Path) -> list[Run]:
+    """Jobs that failed: an error.txt (written by a failed job of a multirun) in their folder;
+    `summary["error"]` holds its first line."""
+    return [
+        Run(e.parent, _overrides(e.parent), {"error": first_line(e.read_text())})
+        for e in sorted(root.rglob(ERROR_FILE))
+    ]
+
+
 def find_runs(root: Path) -> list[Run]:
     runs = []
     for summary in sorted(root.rglob("summary.json")):
         run_dir = summary.parent
-        overrides_file = run_dir / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        if (run_dir / ERROR_FILE).is_file():  # failed after its summary: listed with the failed
+            continue
         metrics = run_dir / "metrics.jsonl"
         history = read_metrics(metrics) if metrics.is_file() else []
-        runs.append(Run(run_dir, list(overrides or []), json.loads(summary.read_text()), history))
+        runs.append(Run(run_dir, _overrides(run_dir), json.loads(summary.read_text()), history))
     if not runs:
+        failed = find_failed(root)
         raise UserError(
             f"no runs under {root} (looked for */summary.json written by python run.py)"
+            + (f"; {len(failed)} failed jobs: see their error.txt" if failed else "")
         )
     return runs
 
@@ -82,6 +101,14 @@ def label_runs(runs: list[Run]) -> list[str]:
     for r in runs:
         r.config = " ".join(sorted(r.kept - common)) or "(all runs alike)"
     return sorted(common)
+
+
+def failed_rows(failed: list[Run], root: Path, common: set[str]) -> list[tuple[str, str, str]]:
+    """(job folder, its overrides not shared by the finished runs, error) per failed job."""
+    return [
+        (str(r.path.relative_to(root)), " ".join(sorted(r.kept - common)), r.summary["error"])
+        for r in failed
+    ]
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -197,6 +224,11 @@ def write_report(root: Path, out: Path | None = None) -> Path:
     for row in rows:
         cells = [row["config"], str(row["n"])] + [_fmt(row[c]) for c in columns[2:]]
         lines.append("| " + " | ".join(cells) + " |")
+    failed = failed_rows(find_failed(root), root, set(common))
+    if failed:
+        lines += ["", "## Failed jobs", "", f"Not in the table above ({len(failed)}):",
+                  "", "| job | configuration | error |", "|---|---|---|"]  # fmt: skip
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in failed]
     figures = plots(runs)
     for name, data in figures.items():
         (out / name).write_bytes(data)
@@ -212,13 +244,24 @@ def write_report(root: Path, out: Path | None = None) -> Path:
         for n, d in figures.items()
     )
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    failed_html = (
+        f"<h2>Failed jobs</h2><p>Not in the table above ({len(failed)}).</p><table>"
+        "<tr><th>job</th><th>configuration</th><th>error</th></tr>"
+        + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in failed
+        )
+        + "</table>"
+        if failed
+        else ""
+    )
     (out / "report.html").write_text(
         f"<!doctype html><meta charset='utf-8'><title>scn report</title>"
         f"<style>body{{font-family:sans-serif}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style>"
         f"<h1>Runs under {html.escape(str(root))}</h1><p>{len(runs)} runs, {len(rows)} configurations; "
-        f"accuracy in %. Shared by all runs: <code>{html.escape(' '.join(common))}</code></p><table><tr>{head}</tr>{body}</table>{images}\n"
+        f"accuracy in %. Shared by all runs: <code>{html.escape(' '.join(common))}</code></p><table><tr>{head}</tr>{body}</table>{failed_html}{images}\n"
     )
-    log.info("report of %d runs (%d configurations) written to %s", len(runs), len(rows), out)
+    log.info("report of %d runs (%d configurations, %d failed jobs) written to %s", len(runs),
+             len(rows), len(failed), out)  # fmt: skip
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 import scn.config  # noqa: F401  (registers the scn schema)
@@ -60,6 +61,16 @@ def compose_cfg(overrides: list[str], output_dir: Path | None = None) -> DictCon
             cfg.hydra.runtime.output_dir = str(output_dir)
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def read_dataset(composed: DictConfig, root: Path, *overrides: str):
+    """Read `root` with a composed dataset option's reader and `key=value` overrides of its node
+    (YAML values, struct-checked); the composed config is left as it was."""
+    from scn.data.readers import get_reader
+
+    dcfg = copy.deepcopy(composed).dataset
+    dcfg.merge_with(OmegaConf.from_dotlist([f"root={root}", *overrides]))
+    return get_reader(dcfg.format)(dcfg, root)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from PIL import Image
 
 import scn.data.cache as cache
 from scn.data.cache import ImageStore, decoded_images
-from scn.data.datasets import load_rgb
+from scn.data.sources import FileImages, PixelImages, load_rgb
 from scn.errors import UserError
 from tests.conftest import write_rafdb
 
@@ -28,7 +28,7 @@ def dataset(tmp_path):
 
 def build(dataset, cache_dir, **kw):
     root, label, paths = dataset
-    return decoded_images(cache_dir, root, label, "train", paths, **kw)
+    return decoded_images(cache_dir, "train", FileImages(paths), **kw)
 
 
 def count_builds(monkeypatch) -> list[int]:
@@ -58,7 +58,7 @@ def test_second_use_reads_the_cache_without_decoding(dataset, tmp_path, monkeypa
     assert calls == []
 
 
-def test_changed_image_or_label_file_is_never_served_stale(dataset, tmp_path):
+def test_changed_image_or_face_box_is_never_served_stale(dataset, tmp_path):
     root, label, paths = dataset
     first = np.array(build(dataset, tmp_path / "c"))
     Image.new("RGB", (24, 24), (9, 99, 199)).save(paths[3], format="JPEG", quality=100)
@@ -66,9 +66,25 @@ def test_changed_image_or_label_file_is_never_served_stale(dataset, tmp_path):
     second = np.array(build(dataset, tmp_path / "c"))
     assert np.array_equal(second[3], np.asarray(load_rgb(paths[3])))
     assert not np.array_equal(first[3], second[3])
-    label.write_text(label.read_text() + "\n")
+    label.write_text(label.read_text() + "\n")  # labels do not decide pixels: same cache
     build(dataset, tmp_path / "c")
+    assert len(list((tmp_path / "c/decoded").glob("*.npy"))) == 2
+    boxes = np.tile([2, 3, 12, 12], (len(paths), 1))
+    cropped = decoded_images(tmp_path / "c", "train", FileImages(paths, boxes=boxes), 12)
     assert len(list((tmp_path / "c/decoded").glob("*.npy"))) == 3
+    assert np.array_equal(cropped[3], np.asarray(load_rgb(paths[3]))[3:15, 2:14])
+
+
+def test_pixel_tables_are_cached_and_keyed_by_their_pixels(tmp_path):
+    table = tmp_path / "fer.csv"
+    table.write_text("emotion,pixels,Usage\n")
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 6, 6), dtype=np.uint8)
+    images = PixelImages(pixels, [f"Training/{i}.png" for i in range(5)], table, np.arange(2, 7))
+    arr = decoded_images(tmp_path / "c", "train", images)
+    assert arr.shape == (5, 6, 6, 3) and np.array_equal(arr[2, :, :, 1], pixels[2])
+    pixels[2, 0, 0] ^= 1  # other pixels, other cache
+    decoded_images(tmp_path / "c", "train", images)
+    assert len(list((tmp_path / "c/decoded").glob("*.npy"))) == 2
 
 
 def test_two_jobs_starting_together_build_once(dataset, tmp_path, monkeypatch):
@@ -94,12 +110,11 @@ def test_mixed_sizes_need_a_declared_cache_size(tmp_path):
     root = write_rafdb(tmp_path / "raf", ROWS, size=24)
     paths = sorted((root / "Image/aligned").glob("train_*"))
     Image.new("RGB", (30, 20), (1, 2, 3)).save(paths[5], format="JPEG")
-    label = root / "EmoLabel/list_patition_label.txt"
     with pytest.raises(UserError, match=r"train_00006_aligned.jpg is 30x20.*dataset.cache_size"):
-        decoded_images(tmp_path / "c", root, label, "train", paths)
+        decoded_images(tmp_path / "c", "train", FileImages(paths))
     assert list((tmp_path / "c/decoded").glob("*.npy")) == []
     assert list((tmp_path / "c/decoded").glob(".*.npy")) == []
-    arr = decoded_images(tmp_path / "c", root, label, "train", paths, cache_size=16)
+    arr = decoded_images(tmp_path / "c", "train", FileImages(paths), cache_size=16)
     assert arr.shape == (8, 16, 16, 3)
 
 

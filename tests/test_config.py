@@ -31,6 +31,9 @@ INTERFACE = [
     "dataset.noise.seed",
     "dataset.label_file",
     "dataset.val_fraction",
+    "dataset.format",
+    "dataset.sampler",
+    "dataset.skip_unreadable",
     "scn.enabled",
     "scn.beta",
     "scn.margin_1",
@@ -46,7 +49,7 @@ INTERFACE = [
 
 def test_groups_hold_the_required_options():
     for group, options in {
-        "dataset": ["rafdb", "synthetic"],
+        "dataset": ["rafdb", "synthetic", "affectnet", "ferplus", "fer2013", "folder"],
         "optimizer": ["adam", "sgd"],
         "scheduler": ["cosine", "exponential", "step"],
         "logger": ["none", "wandb"],

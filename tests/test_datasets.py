@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from scn.data.datasets import load_dataset, load_rgb
+from scn.data.datasets import load_dataset
 from scn.data.labels import RAFDB_LABEL_FILE
 from scn.data.noise import symmetric_noise
+from scn.data.sources import load_rgb
 from scn.errors import UserError
 from tests.conftest import write_rafdb
 
@@ -26,7 +27,7 @@ def test_loads_rafdb_layout_split_by_prefix(tmp_path):
     data = load_dataset(dcfg(root), tmp_path)
     assert len(data.train) == 14 and len(data.test) == 7 and data.val is None
     assert data.train.labels.tolist() == [i % 7 for i in range(1, 15)]
-    assert data.train.paths[0] == root / "Image/aligned/train_00001_aligned.jpg"
+    assert data.train.images.paths[0] == root / "Image/aligned/train_00001_aligned.jpg"
     assert not data.train.noisy.any()
 
 
@@ -34,7 +35,7 @@ def test_loads_rafdb_layout_split_by_prefix(tmp_path):
 def test_any_image_mode_becomes_rgb(tmp_path, mode):
     root = write_rafdb(tmp_path / "raf", ROWS[:2] + ROWS[-1:], mode=mode)
     data = load_dataset(dcfg(root), tmp_path)
-    img = load_rgb(data.train.paths[0])
+    img = data.train.images.load(0)
     assert img.mode == "RGB" and img.size == (24, 24)
 
 
@@ -90,7 +91,7 @@ def test_missing_label_file_missing_image_and_empty_split(tmp_path):
     root = write_rafdb(tmp_path / "raf", ROWS)
     (root / "Image/aligned/train_00003_aligned.jpg").unlink()
     with pytest.raises(
-        UserError, match=r"1 train images listed .* are missing, e\.g\. .*train_00003_aligned\.jpg"
+        UserError, match=r"1 train images are missing, e\.g\. .*train_00003_aligned\.jpg"
     ):
         load_dataset(dcfg(root), tmp_path)
     (root / RAFDB_LABEL_FILE).unlink()
@@ -111,3 +112,62 @@ def test_unknown_prefix_and_corrupt_image(tmp_path):
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(UserError, match="cannot read image .*bad_aligned.jpg"):
         load_rgb(bad)
+
+
+def test_label_csv_names_images_as_the_dataset_does(tmp_path):
+    root = write_rafdb(tmp_path / "raf", ROWS)
+    names = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+    lines = ["path,label"]
+    for k, (n, lab) in enumerate(r for r in ROWS if r[0].startswith("train")):
+        new = lab % 7  # the next class, 0-based
+        lines.append(f"{n},{names[new]}" if k % 2 else f"{n},{new}")  # by name or by index
+    labels = tmp_path / "noisy.csv"
+    labels.write_text("\n".join(lines))
+    data = load_dataset(dcfg(root, label_file=str(labels)), tmp_path)
+    clean = np.array([i % 7 for i in range(1, 15)])
+    assert data.train.labels.tolist() == ((clean + 1) % 7).tolist()
+    labels.write_text("path,label\ntrain_00001.jpg,Joy\n")
+    with pytest.raises(UserError, match=r"noisy\.csv:2: label 'Joy' is neither a class name"):
+        load_dataset(dcfg(root, label_file=str(labels)), tmp_path)
+    labels.write_text("train_00001.jpg,1,extra\n")
+    with pytest.raises(UserError, match=r"noisy\.csv:1: expected 2 columns"):
+        load_dataset(dcfg(root, label_file=str(labels)), tmp_path)
+
+
+def test_skip_unreadable_logs_counts_and_skips(tmp_path, caplog):
+    root = write_rafdb(tmp_path / "raf", ROWS)
+    (root / "Image/aligned/train_00003_aligned.jpg").unlink()
+    (root / "Image/aligned/train_00005_aligned.jpg").write_bytes(b"not a jpeg")
+    (root / "Image/aligned/test_0002_aligned.jpg").write_bytes(b"\xff\xd8 truncated")
+    data = load_dataset(dcfg(root, skip_unreadable=True), tmp_path / "cache")
+    assert len(data.train) == 12 and len(data.test) == 6
+    assert "train_00003.jpg" not in data.train.names and "train_00005.jpg" not in data.train.names
+    assert data.train.labels.tolist() == [i % 7 for i in range(1, 15) if i not in (3, 5)]
+    assert "train: 2 missing or unreadable images skipped" in "\n".join(data.notes)
+    assert "train_00003_aligned.jpg: missing" in caplog.text
+    assert "train_00005_aligned.jpg" in caplog.text and "test_0002_aligned.jpg" in caplog.text
+    # the verdict is kept: a second load decodes nothing
+    assert len(list((tmp_path / "cache/checked").glob("*.json"))) == 2  # train and test
+    import scn.data.check as check
+
+    def fail(*_):
+        raise AssertionError("decoded again")
+
+    check._Try.__getitem__, saved = fail, check._Try.__getitem__
+    try:
+        again = load_dataset(dcfg(root, skip_unreadable=True), tmp_path / "cache")
+    finally:
+        check._Try.__getitem__ = saved
+    assert again.train.names == data.train.names
+    with pytest.raises(UserError, match="set dataset.skip_unreadable=true"):
+        load_dataset(dcfg(root), tmp_path / "cache")
+
+
+def test_dataset_config_for_tools_extends_rafdb(tmp_path):
+    from scn.data.datasets import dataset_config
+
+    cfg = dataset_config("synthetic", tmp_path)
+    assert cfg.root == str(tmp_path) and cfg.format == "rafdb" and cfg.name == "synthetic"
+    assert list(cfg.class_names)[0] == "Surprise" and cfg.noise.rate == 0.0
+    with pytest.raises(UserError, match="unknown dataset 'raf' .*known: .*rafdb"):
+        dataset_config("raf", tmp_path)

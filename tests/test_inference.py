@@ -79,12 +79,22 @@ def test_predict_agrees_with_the_evaluation_path(trained, tmp_path, tiny_synthet
     names = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
     for line in (tiny_synthetic / "EmoLabel/list_patition_label.txt").read_text().splitlines():
         name, lab = line.split()
-        labels[name.replace(".jpg", "_aligned.jpg")] = names[int(lab) - 1]
-    correct = sum(r["prediction"] == labels[r["path"].rsplit("/", 1)[1]] for r in rows)
+        labels[name] = names[int(lab) - 1]
+    correct = sum(
+        r["prediction"] == labels[r["path"].rsplit("/", 1)[1].replace("_aligned", "")] for r in rows
+    )
     assert correct / 21 == pytest.approx(summary["test/acc"])  # same predictions as training's eval
     again = tmp_path / "again.csv"
     predict(str(run_dir / "best.pt"), str(test_images), str(again), batch_size=5)
     assert again.read_text() == out.read_text()  # deterministic, whatever the batch size
+    # the same split read as a dataset: rows carry the dataset's names, predictions are the same
+    split = tmp_path / "split.csv"
+    assert predict(str(run_dir / "best.pt"), str(tiny_synthetic), str(split), dataset="synthetic",
+                   split="test") == 21  # fmt: skip
+    by_name = {r["path"]: r["prediction"] for r in csv.DictReader(split.open())}
+    assert sorted(by_name) == sorted(n for n in labels if n.startswith("test_"))
+    assert all(by_name[r["path"].rsplit("/", 1)[1].replace("_aligned", "")] == r["prediction"]
+               for r in rows)  # fmt: skip
 
 
 def test_predict_skips_unreadable_images_and_refuses_empty_folders(
@@ -129,7 +139,7 @@ def test_features_from_a_checkpoint_mirror_the_tree_and_consolidate(
     assert np.allclose(first, z["features"][idx])
     # the features are the model's pooled backbone output for the image
     lm = load_model(run_dir / "best.pt", "cpu")
-    from scn.data.datasets import load_rgb
+    from scn.data.sources import load_rgb
 
     x = lm.transform(load_rgb(z["paths"][0])).unsqueeze(0)
     assert np.allclose(lm(x).features.numpy()[0], z["features"][0], atol=1e-5)

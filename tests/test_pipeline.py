@@ -89,8 +89,7 @@ def test_unknown_pipeline_is_named(data, tmp_path):
 
 def test_val_rows_point_into_the_train_source(data):
     assert data.val.source == "train"
-    names = [p.name for p in data.val.paths]
-    assert names == [data.files["train"][r].name for r in data.val.rows]
+    assert data.val.names == [data.files["train"].names[r] for r in data.val.rows]
     assert np.intersect1d(data.val.rows, data.train.rows).size == 0
 
 
@@ -107,3 +106,31 @@ def test_device_resident_images_give_the_same_batches_as_memory_mapped(data, tmp
         assert len(a) == len(b)
         for (xa, ia), (xb, ib) in zip(a, b, strict=True):
             assert torch.equal(ia, ib) and torch.equal(xa, xb)
+
+
+@pytest.mark.parametrize("fmt", ["fer2013", "affectnet"])
+def test_pixel_tables_and_face_boxes_reach_both_pipelines_alike(fmt, tmp_path):
+    """Images from CSV pixels (FER2013) and face-box crops (AffectNet) decode the same way into
+    the cache as per sample."""
+    from scn.data.datasets import dataset_config
+    from tests.formats_affectnet import write_affectnet_csv
+    from tests.formats_fer import write_fer2013_csv
+
+    write = {"fer2013": lambda r: write_fer2013_csv(r, 1, 1, 1),
+             "affectnet": lambda r: write_affectnet_csv(r, 1, 1, size=30)}[fmt]  # fmt: skip
+    dcfg = dataset_config(fmt, write(tmp_path / fmt))
+    dcfg.cache_size = 24  # AffectNet's crops differ in size
+    data = load_dataset(dcfg, tmp_path)
+    batches = {}
+    for kind in ("cached", "files"):
+        dcfg.pipeline = kind
+        pipe = build_pipeline(dcfg, data, 24, MEAN, STD, torch.device("cpu"),
+                              torch.contiguous_format, tmp_path / "cache")  # fmt: skip
+        batches[kind] = list(pipe.batches(data.test, False, 4))
+    cached, files = batches["cached"], batches["files"]
+    assert sum(len(i) for _, i in cached) == len(data.test) > 0
+    for (xc, _), (xf, _) in zip(cached, files, strict=True):
+        # the cache resizes each crop once to 24 px in uint8, the per-sample path resizes the crop
+        # straight to 24 px: equal for FER2013's stored size, close for AffectNet's crops
+        limit = 1e-5 if fmt == "fer2013" else 0.1
+        assert (xc - xf).abs().mean().item() < limit

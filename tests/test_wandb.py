@@ -152,6 +152,7 @@ def test_a_failing_job_still_closes_its_run(tiny_cfg, tmp_path, monkeypatch):
     run_dir = next((tmp_path / "run/wandb").glob("offline-run-*"))
     got = json.loads(inspect(run_dir, "--summary"))
     assert got["exit_code"] == 1 and got["state"] != "running"
+    assert got["summary"]["error"] == "RuntimeError: out of memory"  # for the dashboard
 
 
 def test_eval_runs_are_logged_with_job_type_eval(tiny_cfg, tmp_path, monkeypatch):

@@ -1,9 +1,9 @@
 """Decoded-image cache: each dataset split decoded once into a memory-mapped uint8 array.
 
 JPEG decoding dominates the per-sample pipeline's cost, and a sweep decodes the same images in every
-job and every epoch. The cache is keyed by everything that decides its pixels (the dataset's label
-file, every image's relative path, size and modification time, and the decode settings), so sweep jobs
-share it and a changed dataset is never served stale. It is written to a temp file, fsynced and renamed
+job and every epoch. The cache is keyed by everything that decides its pixels (every image's path,
+size, modification time and face box, or the pixel table and its rows, and the decode settings), so
+sweep jobs share it and a changed dataset is never served stale. It is written to a temp file, fsynced and renamed
 under a lock, so two jobs starting together neither corrupt it nor decode it twice.
 """
 
@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
-from scn.data.datasets import load_rgb
+from scn.data.sources import ImageList
 from scn.errors import UserError
 
 try:
@@ -34,37 +34,31 @@ except ImportError:  # Windows: no advisory locks; the atomic rename still keeps
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the decoding itself changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when the decoding itself changes, so old caches are not reused
 PARALLEL_DECODE_FROM = 2000  # images; below this, worker start-up costs more than it saves
 
 
-def cache_key(
-    root: Path, label_file: Path, split: str, paths: Sequence[Path], cache_size: int | None
-) -> str:
-    """sha256 over the decode settings, the label file's bytes and each image's path, size, mtime."""
+def cache_key(split: str, images: ImageList, cache_size: int | None) -> str:
+    """sha256 over the decode settings and everything that decides each image's pixels."""
     h = hashlib.sha256()
     settings = {"version": CACHE_VERSION, "split": split, "cache_size": cache_size}
     h.update(json.dumps(settings, sort_keys=True).encode())
-    h.update(label_file.read_bytes())
-    for p in paths:
-        st = p.stat()
-        rel = p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    images.fingerprint(h)
     return h.hexdigest()
 
 
 class _Decode(Dataset):
     """One image -> uint8 HWC array, resized to `size` x `size` when a size is declared."""
 
-    def __init__(self, paths: Sequence[Path], size: int | None):
-        self.paths = paths
+    def __init__(self, images: ImageList, size: int | None):
+        self.images = images
         self.size = size
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        x = F.pil_to_tensor(load_rgb(self.paths[i]))  # (3, H, W) uint8
+        x = F.pil_to_tensor(self.images.load(i))  # (3, H, W) uint8
         if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
             x = F.resize(x, [self.size, self.size], antialias=True)
         return x.permute(1, 2, 0).numpy()
@@ -100,41 +94,43 @@ def _open(path: Path, count: int) -> np.ndarray:
     return arr
 
 
-def _build(
-    path: Path, paths: Sequence[Path], size: int | None, workers: int, progress: bool
-) -> None:
-    """Decode every image into a temp .npy beside `path`, then fsync and rename it into place."""
+def _build(path: Path, images: ImageList, size: int | None, workers: int, progress: bool) -> None:
+    """Decode every image into a temp .npy beside `path`, then fsync and rename it into place.
+
+    Rows are appended with plain writes after the .npy header rather than through a memory map, so
+    the build's resident memory stays at a few batches however large the cache (AffectNet's 287k
+    images at 224 px are 43 GB); the kernel writes the pages back as they fill."""
     loader = DataLoader(
-        _Decode(paths, size),
+        _Decode(images, size),
         batch_size=64,
         num_workers=workers,
         collate_fn=list,  # images may differ in size; the check below names the odd one
     )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
-    os.close(fd)
-    out = None
     try:
-        pos = 0
-        bar = tqdm(total=len(paths), desc="decoding images", leave=False, disable=not progress)
-        for batch in loader:
-            for img in batch:
-                if out is None:
-                    shape = (len(paths), *img.shape)
-                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-                if img.shape != out.shape[1:]:
-                    raise UserError(
-                        f"{paths[pos]} is {img.shape[1]}x{img.shape[0]} but {paths[0]} is "
-                        f"{out.shape[2]}x{out.shape[1]}; the decoded-image cache needs one size: set "
-                        "dataset.cache_size=<side> to resize every image once to <side>x<side>, or "
-                        "use dataset.pipeline=files"
-                    )
-                out[pos] = img
-                pos += 1
-            bar.update(len(batch))
-        bar.close()
-        out.flush()
-        del out
-        with open(tmp, "rb+") as f:
+        with os.fdopen(fd, "wb") as f:
+            shape = None
+            pos = 0
+            bar = tqdm(total=len(images), desc="decoding images", leave=False, disable=not progress)
+            for batch in loader:
+                for img in batch:
+                    if shape is None:
+                        shape = img.shape
+                        header = {"descr": "|u1", "fortran_order": False,
+                                  "shape": (len(images), *shape)}  # fmt: skip
+                        np.lib.format.write_array_header_1_0(f, header)
+                    if img.shape != shape:
+                        raise UserError(
+                            f"{images.describe(pos)} is {img.shape[1]}x{img.shape[0]} but "
+                            f"{images.describe(0)} is {shape[1]}x{shape[0]}; the decoded-image "
+                            "cache needs one size: set dataset.cache_size=<side> to resize every "
+                            "image once to <side>x<side>, or use dataset.pipeline=files"
+                        )
+                    f.write(np.ascontiguousarray(img, dtype=np.uint8).tobytes())
+                    pos += 1
+                bar.update(len(batch))
+            bar.close()
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -144,10 +140,8 @@ def _build(
 
 def decoded_images(
     cache_dir: Path,
-    root: Path,
-    label_file: Path,
     split: str,
-    paths: Sequence[Path],
+    images: ImageList,
     cache_size: int | None = None,
     progress: bool = False,
 ) -> np.ndarray:
@@ -156,17 +150,17 @@ def decoded_images(
     `cache_size`: None keeps the stored size (all images must share it, as RAF-DB's 100x100 aligned
     images do); an int resizes every image once to `cache_size` x `cache_size`.
     """
-    if not paths:
+    if len(images) == 0:
         raise UserError(f"the {split} split has no images to cache")
-    key = cache_key(root, label_file, split, paths, cache_size)
+    key = cache_key(split, images, cache_size)
     folder = Path(cache_dir).expanduser() / "decoded"
     path = folder / f"{split}-{key[:24]}.npy"
     with _locked(folder / f"{path.name}.lock"):
         if not path.exists():
-            workers = min(8, os.cpu_count() or 1) if len(paths) >= PARALLEL_DECODE_FROM else 0
-            log.info("decoding %d %s images once into %s", len(paths), split, path)
-            _build(path, paths, cache_size, workers, progress)
-        arr = _open(path, len(paths))
+            workers = min(8, os.cpu_count() or 1) if len(images) >= PARALLEL_DECODE_FROM else 0
+            log.info("decoding %d %s images once into %s", len(images), split, path)
+            _build(path, images, cache_size, workers, progress)
+        arr = _open(path, len(images))
     log.info("%s images: %s uint8 from %s", split, "x".join(map(str, arr.shape)), path)
     return arr
 

@@ -1,76 +1,65 @@
-"""RAF-DB layout on disk -> train/val/test lists with the labels a run trains on."""
+"""A dataset on disk -> train/val/test splits with the labels a run trains on, the same way for
+every format (each format's files are read by its reader in scn/data/readers/)."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
-from PIL import Image, UnidentifiedImageError
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from torch.utils.data import Dataset
 
-from scn.data.labels import (
-    RAFDB_IMAGE_DIR,
-    RAFDB_LABEL_FILE,
-    image_path,
-    parse_label_file,
-    split_of,
-)
+from scn.data.check import unreadable_images
+from scn.data.labels import parse_label_file
 from scn.data.noise import stratified_split, symmetric_noise
+from scn.data.readers import get_reader
+from scn.data.sources import ImageList, LabeledImages
 from scn.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Any mode (grey, palette, RGBA, CMYK) -> RGB; an unreadable file names itself."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "P":
-                img = img.convert("RGBA")
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise UserError(
-            f"cannot read image {path}: {e}. Replace the file, or remove its line from the label file."
-        ) from e
-
-
 class FaceImages(Dataset):
     """Images by position; returns (tensor, index) so the trainer owns the labels."""
 
-    def __init__(self, paths: list[Path], transform: Callable[[Image.Image], torch.Tensor]):
-        self.paths = paths
+    def __init__(self, images: ImageList, transform: Callable[[Image.Image], torch.Tensor]):
+        self.images = images
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_rgb(self.paths[index])), index
+        return self.transform(self.images.load(index)), index
 
 
 @dataclass
 class Split:
-    """Image paths with the labels this run uses for them (0-based), and where the images sit in the
+    """Images with the labels this run uses for them (0-based), and where the images sit in the
     dataset split they come from (`source`, `rows`), so held-out subsets share one decoded cache."""
 
-    paths: list[Path]
+    images: ImageList
     labels: np.ndarray
     clean_labels: np.ndarray  # the dataset's own labels: the reference for noise and relabel audits
-    source: str = ""  # the dataset split ("train" / "test") the images are listed under
+    source: str = ""  # the dataset split ("train" / "val" / "test") the images are listed under
     rows: np.ndarray | None = None  # positions in that split's list; None = all, in order
 
     def __post_init__(self) -> None:
         if self.rows is None:
-            self.rows = np.arange(len(self.paths), dtype=np.int64)
+            self.rows = np.arange(len(self.images), dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
+
+    @property
+    def names(self) -> list[str]:
+        return self.images.names
 
     @property
     def noisy(self) -> np.ndarray:
@@ -78,7 +67,7 @@ class Split:
 
     def subset(self, positions: np.ndarray) -> Split:
         return Split(
-            [self.paths[i] for i in positions],
+            self.images.subset(positions),
             self.labels[positions],
             self.clean_labels[positions],
             self.source,
@@ -96,8 +85,38 @@ class DataBundle:
     test: Split
     val: Split | None = None
     notes: list[str] = field(default_factory=list)
-    label_file: Path | None = None  # the dataset's own label file (part of the decoded cache's key)
-    files: dict[str, list[Path]] = field(default_factory=dict)  # every image per dataset split
+    files: dict[str, ImageList] = field(default_factory=dict)  # every image per dataset split
+
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def dataset_config(name: str, root: str | Path) -> DictConfig:
+    """conf/dataset/<name>.yaml merged with the options its defaults list extends, with `root`:
+    the dataset settings a tool outside run.py (predict, features, inspect) reads a dataset with."""
+
+    def load(option: str) -> DictConfig:
+        path = CONF_DIR / "dataset" / f"{option}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+            raise UserError(f"unknown dataset {option!r} (--dataset); known: {', '.join(known)}")
+        node = OmegaConf.load(path)
+        defaults = list(node.pop("defaults", []))
+        if "_self_" not in defaults:
+            defaults.append("_self_")
+        merged = OmegaConf.create()
+        for entry in defaults:
+            merged = OmegaConf.merge(merged, node if entry == "_self_" else load(entry))
+        return merged
+
+    cfg = load(name)
+    cfg.root = str(root)
+    return cfg
+
+
+def default_cache_dir() -> Path:
+    """paths.cache_dir's default (conf/paths/default.yaml), for tools that run without Hydra."""
+    return Path(os.environ.get("SCN_CACHE_DIR", "~/.cache/scn")).expanduser()
 
 
 def resolve_root(dcfg: DictConfig, cache_dir: Path) -> Path:
@@ -108,28 +127,31 @@ def resolve_root(dcfg: DictConfig, cache_dir: Path) -> Path:
         return ensure_synthetic(cache_dir, **dcfg.synthetic)
     if dcfg.root is None:
         raise UserError(
-            "dataset.root is not set; point it at the folder holding EmoLabel/ and Image/"
+            f"dataset.root is not set; point it at your {dcfg.name} folder "
+            f"(python run.py dataset={dcfg.name} dataset.root=<folder>); the README's dataset "
+            "table says what goes where"
         )
     root = Path(str(dcfg.root)).expanduser()
     if not root.is_dir():
         raise UserError(
-            f"dataset root not found: {root.resolve()} (dataset.root={dcfg.root}). Point dataset.root "
-            f"or SCN_DATA_DIR at RAF-DB's raf-basic folder (holding {RAFDB_LABEL_FILE} and "
-            f"{RAFDB_IMAGE_DIR}/), or try the built-in data: python run.py experiment=demo"
+            f"dataset root not found: {root.resolve()} (dataset.root={dcfg.root}). Point "
+            f"dataset.root or SCN_DATA_DIR at your {dcfg.name} folder (the README's dataset table "
+            "says what goes where), or try the built-in data: python run.py experiment=demo"
         )
     return root
 
 
-def _labels_from_file(dcfg: DictConfig, names: list[str], num_classes: int) -> np.ndarray:
+def _labels_from_file(dcfg: DictConfig, names: list[str], class_names: list[str]) -> np.ndarray:
     """Train labels from dataset.label_file, in the order of `names`; every train image must appear."""
     path = Path(str(dcfg.label_file)).expanduser()
-    entries = parse_label_file(path, dcfg.label_format, num_classes)
+    entries = parse_label_file(path, dcfg.label_format, class_names)
     by_name = {e.name: e for e in entries}
     missing = [n for n in names if n not in by_name]
     if missing:
         raise UserError(
             f"{path} has no label for {len(missing)} of {len(names)} train images "
-            f"(first: {missing[:3]}); a train label file must label every train image"
+            f"(first: {missing[:3]}); a train label file must label every train image, named as "
+            "the dataset names them (see relabels.csv of a run)"
         )
     known = set(names)
     extra = [e for e in entries if e.name not in known]
@@ -141,47 +163,57 @@ def _labels_from_file(dcfg: DictConfig, names: list[str], num_classes: int) -> n
     return np.array([by_name[n].label for n in names], dtype=np.int64)
 
 
-def load_dataset(dcfg: DictConfig, cache_dir: Path) -> DataBundle:
-    """Read the RAF-DB layout, apply label_file / noise / val split as configured."""
-    root = resolve_root(dcfg, cache_dir)
-    class_names = list(dcfg.class_names)
-    num_classes = len(class_names)
-    label_path = root / RAFDB_LABEL_FILE
-    if not label_path.is_file():
+def _drop_missing(
+    dcfg: DictConfig, split: str, found: LabeledImages, cache_dir: Path
+) -> tuple[LabeledImages, str | None]:
+    """Refuse (or with dataset.skip_unreadable, log and drop) images that are absent or unreadable."""
+    images = found.images
+    missing = images.missing()
+    skip = bool(dcfg.get("skip_unreadable", False))
+    if missing and not skip:
         raise UserError(
-            f"label file not found: {label_path}; a RAF-DB root holds {RAFDB_LABEL_FILE} "
-            f"(check dataset.root={dcfg.root})"
+            f"{len(missing)} {split} images are missing, e.g. {images.describe(missing[0])}; "
+            "restore them, or set dataset.skip_unreadable=true to skip missing and unreadable "
+            "images (each is logged)"
         )
-    entries = parse_label_file(label_path, "rafdb", num_classes)
-    by_split: dict[str, list] = {"train": [], "test": []}
-    for e in entries:
-        split = split_of(e.name)
-        if not split:
-            raise UserError(
-                f"{label_path}:{e.line}: {e.name} starts with neither 'train' nor 'test', "
-                "which is how RAF-DB assigns splits; rename the image or remove the line"
-            )
-        by_split[split].append(e)
-    for split, rows in by_split.items():
-        if not rows:
-            raise UserError(f"{label_path}: the {split} split is empty (no '{split}_*' lines)")
+    if not skip:
+        return found, None
+    bad = {i: "missing" for i in missing}
+    bad.update(unreadable_images(images, cache_dir, exclude=set(missing)))
+    if not bad:
+        return found, None
+    for i in sorted(bad):
+        log.warning("skipping %s image %s: %s", split, images.describe(i), bad[i])
+    keep = [i for i in range(len(images)) if i not in bad]
+    if not keep:
+        raise UserError(f"none of the {len(images)} {split} images could be read")
+    kept = LabeledImages(images.subset(keep), found.labels[keep])
+    return (
+        kept,
+        f"{split}: {len(bad)} missing or unreadable images skipped (dataset.skip_unreadable)",
+    )
 
+
+def load_dataset(dcfg: DictConfig, cache_dir: Path) -> DataBundle:
+    """Read the dataset with its format's reader, then apply label_file / noise / val split the
+    same way for every format."""
+    root = resolve_root(dcfg, cache_dir)
+    found = get_reader(dcfg.get("format", "rafdb"))(dcfg, root)
+    class_names = list(found.class_names)
+    num_classes = len(class_names)
+    notes = list(found.notes)
     splits: dict[str, Split] = {}
-    for split, rows in by_split.items():
-        paths = [image_path(root, e.name) for e in rows]
-        missing = [p for p in paths if not p.is_file()]
-        if missing:
-            raise UserError(
-                f"{len(missing)} {split} images listed in {label_path} are missing, e.g. {missing[0]}; "
-                f"images belong at {root / RAFDB_IMAGE_DIR}/<name>_aligned.jpg"
-            )
-        labels = np.array([e.label for e in rows], dtype=np.int64)
-        splits[split] = Split(paths, labels.copy(), labels, split)
+    for name, labeled in found.splits.items():
+        if len(labeled.images) == 0:
+            raise UserError(f"the {name} split of {root} holds no images; check dataset.root")
+        labeled, note = _drop_missing(dcfg, name, labeled, cache_dir)
+        if note:
+            notes.append(note)
+        splits[name] = Split(labeled.images, labeled.labels.copy(), labeled.labels, name)
 
     train = splits["train"]
-    notes: list[str] = []
     if dcfg.label_file:
-        train.labels = _labels_from_file(dcfg, [e.name for e in by_split["train"]], num_classes)
+        train.labels = _labels_from_file(dcfg, train.names, class_names)
         notes.append(
             f"train labels from {dcfg.label_file}: {int(train.noisy.sum())} differ from clean"
         )
@@ -190,11 +222,16 @@ def load_dataset(dcfg: DictConfig, cache_dir: Path) -> DataBundle:
             train.labels, dcfg.noise.rate, dcfg.noise.seed, num_classes
         )
         notes.append(f"symmetric noise: {int(flipped.sum())} of {len(train)} train labels flipped")
-    val = None
+    val = splits.get("val")
     if dcfg.val_fraction > 0:
+        if val is not None:
+            raise UserError(
+                f"dataset.val_fraction={dcfg.val_fraction}, but {dcfg.name} has its own validation "
+                "split; set dataset.val_fraction=0 to select on it"
+            )
         # stratified by the labels in use: a researcher with noisy labels has only those
         keep, held = stratified_split(train.labels, dcfg.val_fraction, dcfg.val_seed)
         train, val = train.subset(keep), train.subset(held)
         notes.append(f"validation: {len(val)} images held out of train for model selection")
-    files = {name: sp.paths for name, sp in splits.items()}
-    return DataBundle(root, class_names, train, splits["test"], val, notes, label_path, files)
+    files = {name: sp.images for name, sp in splits.items()}
+    return DataBundle(root, class_names, train, splits["test"], val, notes, files)

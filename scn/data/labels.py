@@ -1,7 +1,11 @@
-"""Label files as researchers have them: RAF-DB's list and the original SCN noisy lists."""
+"""Label files as researchers have them: RAF-DB's list, the original SCN noisy lists, and a CSV of
+`path,label` rows for any dataset."""
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,13 +14,13 @@ from scn.errors import UserError
 RAFDB_LABEL_FILE = Path("EmoLabel/list_patition_label.txt")  # sic: RAF-DB's own spelling
 RAFDB_IMAGE_DIR = Path("Image/aligned")
 ALIGNED_SUFFIX = "_aligned.jpg"
-LABEL_FORMATS = ("auto", "rafdb", "scn_list")
+LABEL_FORMATS = ("auto", "rafdb", "scn_list", "csv")
 RAFDB_CLASS_NAMES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
 
 
 @dataclass(frozen=True)
 class LabelEntry:
-    """One line of a label file: RAF-DB image name (`train_00001.jpg`) and a 0-based label."""
+    """One line of a label file: the image as the dataset names it and a 0-based label."""
 
     name: str
     label: int
@@ -36,10 +40,15 @@ def detect_format(first_token: str) -> str:
     return "scn_list" if first_token.endswith(ALIGNED_SUFFIX) else "rafdb"
 
 
-def parse_label_file(path: Path, fmt: str = "auto", num_classes: int = 7) -> list[LabelEntry]:
-    """Read `<name> <label>` lines, tolerating CRLF, blank lines, extra spaces and no final newline.
+def parse_label_file(
+    path: Path, fmt: str = "auto", class_names: Sequence[str] = RAFDB_CLASS_NAMES
+) -> list[LabelEntry]:
+    """Read a label file; labels come back 0-based.
 
-    `rafdb` labels are 1-based (1..num_classes), `scn_list` labels 0-based; both come back 0-based.
+    `rafdb`: `<name> <1..C>` lines; `scn_list`: `<dir>/<name>_aligned.jpg <0..C-1>` lines (both
+    tolerate CRLF, blank lines, extra spaces and no final newline); `csv`: `path,label` rows with an
+    optional header, label a class name or a 0-based index. `auto` picks csv for a `.csv` file or a
+    first line with a comma, else tells the two RAF-DB list formats apart by the first name.
     """
     if fmt not in LABEL_FORMATS:
         raise UserError(f"unknown label format {fmt!r}; use one of {', '.join(LABEL_FORMATS)}")
@@ -52,6 +61,10 @@ def parse_label_file(path: Path, fmt: str = "auto", num_classes: int = 7) -> lis
         raise UserError(
             f"{path}: not a UTF-8 text file ({e}); expected '<image> <label>' lines"
         ) from e
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if fmt == "csv" or (fmt == "auto" and (path.suffix.lower() == ".csv" or "," in first)):
+        return _parse_csv(path, text, list(class_names))
+    num_classes = len(class_names)
     entries: list[LabelEntry] = []
     seen: dict[str, int] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -89,6 +102,39 @@ def parse_label_file(path: Path, fmt: str = "auto", num_classes: int = 7) -> lis
         entries.append(LabelEntry(name, label - low, lineno))
     if not entries:
         raise UserError(f"{path}: no labelled lines; expected '<image name> <label>' per line")
+    return entries
+
+
+def _parse_csv(path: Path, text: str, class_names: list[str]) -> list[LabelEntry]:
+    """`path,label` rows; the label is a class name (as the dataset names classes) or 0-based index."""
+    by_name = {n: i for i, n in enumerate(class_names)}
+    entries: list[LabelEntry] = []
+    seen: dict[str, int] = {}
+    for lineno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 2:
+            raise UserError(
+                f"{path}:{lineno}: expected 2 columns 'path,label', got {len(row)}: {row!r}"
+            )
+        name, label_text = row[0].strip(), row[1].strip()
+        if lineno == 1 and (name.lower(), label_text.lower()) == ("path", "label"):
+            continue  # the header
+        if label_text in by_name:
+            label = by_name[label_text]
+        elif label_text.isdigit() and int(label_text) < len(class_names):
+            label = int(label_text)
+        else:
+            raise UserError(
+                f"{path}:{lineno}: label {label_text!r} is neither a class name "
+                f"({', '.join(class_names)}) nor an index 0..{len(class_names) - 1}"
+            )
+        if name in seen:
+            raise UserError(f"{path}:{lineno}: {name} already labelled on line {seen[name]}")
+        seen[name] = lineno
+        entries.append(LabelEntry(name, label, lineno))
+    if not entries:
+        raise UserError(f"{path}: no labelled rows; expected 'path,label' per row")
     return entries
 
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from scn.data.augment import BatchEval, BatchTrain
 from scn.data.cache import ImageStore, decoded_images
 from scn.data.datasets import DataBundle, FaceImages, Split
+from scn.data.sampler import epoch_order
 from scn.data.transforms import EvalTransform, TrainTransform
 from scn.errors import UserError
 
@@ -38,15 +39,16 @@ class CachedBatches:
         rows: np.ndarray,
         transform: BatchEval,
         batch_size: int,
-        shuffle: bool = False,
+        order: torch.Tensor | None = None,
         seed: int = 0,
         drop_last: bool = False,
     ):
+        """`order`: positions to visit (a training epoch's); None = every position in file order."""
         self.store = store
         self.rows = torch.as_tensor(rows, dtype=torch.long)
         self.transform = transform
         self.batch_size = int(batch_size)
-        self.shuffle = shuffle
+        self.order = order
         self.seed = int(seed)
         self.drop_last = drop_last
 
@@ -55,10 +57,7 @@ class CachedBatches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.rows)
-        order = torch.arange(n)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        order = torch.arange(len(self.rows)) if self.order is None else self.order
         aug_gen = torch.Generator(device=self.store.device).manual_seed(self.seed)
         on_device = self.store.images is not None
         if on_device:  # one copy per epoch, then every index stays on the device
@@ -98,18 +97,18 @@ class FilesBatches:
         device: torch.device,
         memory_format: torch.memory_format,
         num_workers: int,
-        shuffle: bool = False,
+        order: torch.Tensor | None = None,
         seed: int = 0,
         drop_last: bool = False,
     ):
         self.seed = int(seed)
-        self.shuffle = shuffle
+        self.shuffle = order is not None
         self.device = device
         self.memory_format = memory_format
         self.loader = DataLoader(
-            FaceImages(split.paths, transform),
+            FaceImages(split.images, transform),
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=None if order is None else order.tolist(),
             generator=torch.Generator().manual_seed(self.seed),
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
@@ -144,6 +143,7 @@ class Pipeline:
         cache_dir: Path | None = None,
         cache_size: int | None = None,
         progress: bool = False,
+        sampler: str = "uniform",
     ):
         if kind not in PIPELINES:
             raise UserError(f"dataset.pipeline={kind!r}; use one of {PIPELINES}")
@@ -155,6 +155,7 @@ class Pipeline:
         self.cache_dir = cache_dir
         self.cache_size = cache_size
         self.progress = progress
+        self.sampler = sampler
         self.stores: dict[str, ImageStore] = {}
         if kind == "cached":
             self.train_tf = BatchTrain(size, mean, std, **augmentation, memory_format=memory_format)
@@ -166,18 +167,10 @@ class Pipeline:
     def store(self, source: str) -> ImageStore:
         """The decoded images of one dataset split, loaded (and decoded if new) on first use."""
         if source not in self.stores:
-            if self.cache_dir is None or self.data.label_file is None:
-                raise UserError(
-                    "the cached pipeline needs paths.cache_dir and a dataset label file"
-                )
+            if self.cache_dir is None:
+                raise UserError("the cached pipeline needs paths.cache_dir")
             images = decoded_images(
-                self.cache_dir,
-                self.data.root,
-                self.data.label_file,
-                source,
-                self.data.files[source],
-                self.cache_size,
-                self.progress,
+                self.cache_dir, source, self.data.files[source], self.cache_size, self.progress
             )
             self.stores[source] = ImageStore(images, self.device)
             on_gpu = self.stores[source].images is not None
@@ -189,16 +182,18 @@ class Pipeline:
     def batches(
         self, split: Split, train: bool, batch_size: int, seed: int = 0
     ) -> CachedBatches | FilesBatches:
-        """Training batches are shuffled and augmented from `seed`; eval batches keep file order."""
+        """Training batches are ordered by the sampler and augmented from `seed`; eval batches keep
+        file order."""
         # a trailing training batch of one breaks BatchNorm on tiny feature maps: drop that sample
         drop_last = train and len(split) % batch_size == 1
         tf = self.train_tf if train else self.eval_tf
+        order = epoch_order(split.labels, seed, self.sampler) if train else None
         if self.kind == "cached":
             return CachedBatches(
-                self.store(split.source), split.rows, tf, batch_size, train, seed, drop_last
+                self.store(split.source), split.rows, tf, batch_size, order, seed, drop_last
             )
         return FilesBatches(
-            split, tf, batch_size, self.device, self.memory_format, self.num_workers, train, seed,
+            split, tf, batch_size, self.device, self.memory_format, self.num_workers, order, seed,
             drop_last,
         )  # fmt: skip
 
@@ -236,4 +231,5 @@ def build_pipeline(
         cache_dir,
         dcfg.get("cache_size"),
         progress,
+        dcfg.get("sampler", "uniform"),
     )

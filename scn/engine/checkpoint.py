@@ -22,6 +22,20 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "labels", "epoch", "config", "history")
 
 
+def resume_file(path: Path | str) -> Path:
+    """The checkpoint a resume reads: `path` itself, or the last.pt of a run directory."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return path
+    if not (path / "last.pt").is_file():
+        raise UserError(
+            f"ckpt_path={path} is a directory without a last.pt: the run saved none (it was "
+            "stopped in its first epoch, or ran with trainer.checkpoints=none); pass a checkpoint "
+            "file, or start a new run"
+        )
+    return path / "last.pt"
+
+
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Load one of this project's checkpoints (tensors and plain data only: weights_only=True)."""
     path = Path(path).expanduser()

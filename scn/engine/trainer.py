@@ -4,13 +4,12 @@ built from sums and counts, so the loop can later be split across data-parallel 
 
 from __future__ import annotations
 
+import itertools
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -23,49 +22,26 @@ from scn.data.pipeline import build_pipeline
 from scn.engine.accel import Accel, resolve_accel
 from scn.engine.checkpoint import save_checkpoint
 from scn.engine.evaluate import metrics_from_confusion, predict_confusion
+from scn.engine.guard import Preempted, StopSignals, check_finite
 from scn.engine.scn_loss import relabel, scn_loss, split_groups
+from scn.engine.state import (
+    DeviceSums,
+    EpochProgress,
+    epoch_seed,
+    rng_states,
+    seed_everything,
+    set_rng_states,
+)
 from scn.errors import UserError
 from scn.models.backbones import Preprocessing, create_backbone, resolve_preprocessing
 from scn.models.scn_model import SCNModel
 from scn.models.weights import load_pretrained
 from scn.runtime import resolve_device
-from scn.tracking.local import write_json, write_metrics, write_text_atomic
+from scn.tracking.local import relabel_csv, write_json, write_metrics, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_CHOICES = ("none", "last", "best_and_last")
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Each epoch's shuffling and augmentation depend on (seed, epoch) only, so a resumed run
-    repeats the uninterrupted one exactly."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_states() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    name, keys, *rest = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 def train_step(forward, optimizer, accel: Accel, scaler, scn, x: torch.Tensor, y: torch.Tensor):
@@ -88,21 +64,6 @@ def train_step(forward, optimizer, accel: Accel, scaler, scn, x: torch.Tensor, y
         loss.backward()
         optimizer.step()
     return out, loss, ce, rr
-
-
-class DeviceSums:
-    """Named running sums kept on the training device and read once, so no step waits for it."""
-
-    def __init__(self, keys: tuple[str, ...], device: torch.device):
-        self.keys = keys
-        self.index = {k: i for i, k in enumerate(keys)}
-        self.values = torch.zeros(len(keys), dtype=torch.float64, device=device)
-
-    def add(self, key: str, value: torch.Tensor | float) -> None:
-        self.values[self.index[key]] += value
-
-    def read(self) -> dict[str, float]:
-        return dict(zip(self.keys, self.values.tolist(), strict=True))
 
 
 class Trainer:
@@ -167,6 +128,9 @@ class Trainer:
         self.relabel_log: list[list[int]] = []  # [dataset index, old label, new label, epoch]
         self.epoch_alphas = torch.zeros(0)  # this epoch's importance weights, for histograms
         self.choices = hydra_choices()  # group options, so a resume can check them
+        self.stop = StopSignals()  # entered by fit(): SIGTERM / SIGUSR1 end the run after a step
+        self.resume_at: EpochProgress | None = None  # an epoch a stop signal interrupted
+        self.last_good = str(cfg.ckpt_path) if state is not None else None  # newest last.pt
 
         pre = self.preprocessing
         self.pipeline = build_pipeline(
@@ -237,27 +201,38 @@ class Trainer:
         self.run_id = state.get("wandb_run_id")
         self.relabel_log = [list(e) for e in state.get("relabel_log", [])]
         self.choices = state.get("choices", {})
+        if state.get("partial"):
+            self.resume_at = EpochProgress.from_state(state["partial"], self.device)
         set_rng_states(state["rng"])
 
-    def save(self, name: str) -> None:
-        save_checkpoint(self.output_dir / name, self.state_dict())
+    def save(self, name: str, partial: EpochProgress | None = None) -> None:
+        state = self.state_dict()
+        if partial is not None:  # the position inside an interrupted epoch
+            state["partial"] = partial.state_dict()
+        save_checkpoint(self.output_dir / name, state)
+        if name == "last.pt":
+            self.last_good = str(self.output_dir / name)
 
     # ---------------------------------------------------------------- loops
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
+    def train_epoch(self, epoch: int) -> dict[str, Any] | None:
         """One pass over train. Sums and counts accumulate on the device and are read once at the
-        end, so the host queues work ahead of the device instead of waiting on it every step."""
+        end, so the host queues work ahead of the device instead of waiting on it every step.
+        Returns None when a stop signal ended it early, with its progress in `self.resume_at`."""
         cfg, scn = self.cfg, self.cfg.scn
+        p = self.resume_at if self.resume_at and self.resume_at.epoch == epoch else None
+        p, self.resume_at = p or EpochProgress.start(epoch, self.device), None
         seed = epoch_seed(cfg.trainer.seed, epoch)
         batches = self.pipeline.batches(self.data.train, True, cfg.trainer.batch_size, seed)
+        # resuming inside the epoch: the batches already trained are made again and dropped, so
+        # the rest keep the whole epoch's order and augmentation streams (bitwise on CPU)
+        todo = itertools.islice(batches, p.batches, None)
         relabeling = scn.enabled and epoch >= scn.relabel_epoch
         lr = self.optimizer.param_groups[0]["lr"]
-        keys = ("n", "loss", "ce", "correct", "rr", "high", "low", "relabeled", "fixed", "broken")
-        sums = DeviceSums(keys, self.device)
-        high_count = low_count = 0
-        alphas: list[torch.Tensor] = []
-        changes: list[torch.Tensor] = []  # (position, old, new) rows of this epoch's batches
+        sums, alphas, changes = p.sums, p.alphas, p.changes
         self.model.train()
-        for x, idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not self.progress):
+        bar = tqdm(todo, total=len(batches), initial=p.batches, desc=f"epoch {epoch}",
+                   leave=False, disable=not self.progress)  # fmt: skip
+        for x, idx in bar:
             idx = idx.to(self.device, non_blocking=True)
             y = self.labels[idx]
             out, loss, ce, rr = self.step(x, y)
@@ -272,13 +247,17 @@ class Trainer:
                 sums.add("rr", rr.rr.detach().double() * n)
                 sums.add("high", rr.high_sum.double())
                 sums.add("low", rr.low_sum.double())
-                high_count += rr.high_count
-                low_count += rr.low_count
+                p.high_count += rr.high_count
+                p.low_count += rr.low_count
             if relabeling:
                 new = self._relabel(logits, out.alpha, y, idx, sums)
                 changes.append(torch.stack([idx, y, new]))
             if out.alpha is not None:  # a copy: compiled graphs may reuse their output buffers
                 alphas.append(out.alpha.detach().float().clone())
+            p.batches += 1
+            if self.stop.received:  # a Python attribute set by the signal handler: no sync
+                self.resume_at = p
+                return None
 
         self.epoch_alphas = torch.cat(alphas).cpu() if alphas else torch.zeros(0)
         if changes:
@@ -301,8 +280,8 @@ class Trainer:
             row.update(
                 {
                     "train/rr": totals["rr"] / n,
-                    "scn/alpha_high": totals["high"] / high_count if high_count else None,
-                    "scn/alpha_low": totals["low"] / low_count if low_count else None,
+                    "scn/alpha_high": totals["high"] / p.high_count if p.high_count else None,
+                    "scn/alpha_low": totals["low"] / p.low_count if p.low_count else None,
                     "scn/relabeled": int(totals["relabeled"]),
                     "scn/relabel_fixed": int(totals["fixed"]),
                     "scn/relabel_broken": int(totals["broken"]),
@@ -355,21 +334,22 @@ class Trainer:
                 f"the checkpoint already completed epoch {self.epoch}; raise trainer.epochs to go on"
             )
         epochs = range(self.epoch + 1, cfg.trainer.epochs + 1)
-        with logging_redirect_tqdm():  # log lines print above the bars instead of through them
+        # log lines print above the bars instead of through them
+        with logging_redirect_tqdm(), self.stop:
             for epoch in tqdm(epochs, desc="epochs", disable=not self.progress):
                 self._fit_epoch(epoch, tracker, selected_on)
         summary = self.summary(selected_on)
         write_json(self.output_dir / "summary.json", summary)
-        write_text_atomic(self.output_dir / "relabels.csv", self.relabel_table_csv())
+        write_text_atomic(self.output_dir / "relabels.csv", relabel_csv(self.relabel_rows()))
         return summary
 
     def relabel_rows(self) -> list[dict[str, Any]]:
         """The relabel audit: which sample changed label when, against the clean reference."""
-        names, paths = self.class_names, self.data.train.paths
+        names, samples = self.class_names, self.data.train.names
         clean = self.clean_labels.tolist()
         return [
             {
-                "sample": paths[i].name,
+                "sample": samples[i],
                 "old": names[o],
                 "new": names[n],
                 "epoch": e,
@@ -378,20 +358,19 @@ class Trainer:
             for i, o, n, e in self.relabel_log
         ]
 
-    def relabel_table_csv(self) -> str:
-        lines = ["sample,old,new,epoch,clean"]
-        lines += [
-            ",".join(str(r[k]) for k in ("sample", "old", "new", "epoch", "clean"))
-            for r in self.relabel_rows()
-        ]
-        return "\n".join(lines) + "\n"
-
     def _fit_epoch(self, epoch: int, tracker, selected_on: str) -> None:
         """Train one epoch, evaluate, select, record and checkpoint."""
         cfg = self.cfg
         keep = cfg.trainer.checkpoints
         start = time.perf_counter()
         row = self.train_epoch(epoch)
+        if row is None:  # a stop signal: keep the position inside the epoch, then stop
+            partial = self.resume_at
+            self._check_finite(epoch, partial.sums.read()["loss"])
+            self.save("last.pt", partial)
+            raise Preempted(self.stop.name, f"after step {partial.batches} of epoch {epoch}",
+                            self.last_good, self.output_dir)  # fmt: skip
+        self._check_finite(epoch, row["train/loss"])
         if self.data.val is not None:
             row.update(self.evaluate(self.data.val, "val"))
         row.update(self.evaluate(self.data.test, "test"))
@@ -406,7 +385,9 @@ class Trainer:
         tracker.log(row, alphas=self.epoch_alphas)
         if keep == "best_and_last" and improved:
             self.save("best.pt")
-        if keep in ("last", "best_and_last"):
+        # a stop signal after the epoch's last step (evaluation, checkpoints): the last epoch finishes
+        stopping = bool(self.stop.received) and epoch < cfg.trainer.epochs
+        if keep in ("last", "best_and_last") or stopping:
             self.save("last.pt")
         val = f"val/acc {row['val/acc']:.4f}  " if "val/acc" in row else ""
         log.info(
@@ -420,6 +401,11 @@ class Trainer:
             row.get("scn/relabeled", "-"),
             time.perf_counter() - start,
         )
+        if stopping:
+            raise Preempted(self.stop.name, f"after epoch {epoch}", self.last_good, self.output_dir)
+
+    def _check_finite(self, epoch: int, loss: float) -> None:
+        check_finite(self.model, epoch, loss, self.last_good, self.optimizer.param_groups[0]["lr"])
 
     def summary(self, selected_on: str) -> dict[str, Any]:
         sel = self.history[self.best["epoch"] - 1]

@@ -25,3 +25,9 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def relabel_csv(rows: list[dict]) -> str:
+    """relabels.csv: the relabel audit, a row per relabel."""
+    keys = ("sample", "old", "new", "epoch", "clean")
+    return "\n".join([",".join(keys), *(",".join(str(r[k]) for k in keys) for r in rows)]) + "\n"

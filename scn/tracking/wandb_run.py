@@ -25,7 +25,12 @@ class NullTracker:
         pass
 
     def finish(
-        self, summary: dict[str, Any] | None = None, trainer=None, exit_code: int = 0
+        self,
+        summary: dict[str, Any] | None = None,
+        trainer=None,
+        exit_code: int = 0,
+        error: str | None = None,
+        preempted: bool = False,
     ) -> None:
         pass
 
@@ -122,9 +127,19 @@ class WandbTracker:
         self.run.log(flat)
 
     def finish(
-        self, summary: dict[str, Any] | None = None, trainer=None, exit_code: int = 0
+        self,
+        summary: dict[str, Any] | None = None,
+        trainer=None,
+        exit_code: int = 0,
+        error: str | None = None,
+        preempted: bool = False,
     ) -> None:
-        """Summary values, end-of-run tables and the model artifact; then close the run."""
+        """Summary values, end-of-run tables and the model artifact; then close the run. A failed
+        run keeps its message in the summary (`error`) and is marked failed (or preempting)."""
+        if error:
+            self.run.summary["error"] = error[:2000]
+        if preempted:
+            self.run.mark_preempting()
         if summary:
             for key, value in flatten_row(summary).items():
                 self.run.summary[key] = value
