@@ -8,6 +8,8 @@ pipeline alone (training batches: decode or gather, augment, normalise, on the d
 output sizes, and of full SCN training steps (ResNet-18, batch 64, 224 px) fed by each pipeline, timed
 over a fixed number of batches and extrapolated to a RAF-DB-sized epoch. Both training runs use the
 same model settings (trainer auto: precision, channels_last, compile), so the ratio is the pipeline's.
+Then SCN+RAN (the whole face and the 5 default crops as one batch) on the cached pipeline, same
+settings, as images/s and as a step cost relative to SCN's.
 """
 
 from __future__ import annotations
@@ -27,14 +29,14 @@ import torch
 from omegaconf import OmegaConf
 
 from scn.cli import run_cli
-from scn.config import SCNConfig
+from scn.config import RANConfig, SCNConfig
 from scn.data.datasets import DataBundle, load_dataset
 from scn.data.pipeline import Pipeline
 from scn.data.synthetic import ensure_synthetic
 from scn.engine.accel import resolve_accel
-from scn.engine.trainer import train_step
+from scn.engine.step import train_step
 from scn.models.backbones import create_backbone
-from scn.models.scn_model import SCNModel
+from scn.models.ran import build_model
 from scn.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -95,18 +97,24 @@ def pipeline_rate(pipe: Pipeline, data: DataBundle, batch: int, max_batches: int
 
 
 def train_rate(
-    pipe: Pipeline, data: DataBundle, args: argparse.Namespace, device: torch.device
+    pipe: Pipeline,
+    data: DataBundle,
+    args: argparse.Namespace,
+    device: torch.device,
+    ran: bool = False,
 ) -> tuple[float, dict[str, Any]]:
-    """Images/s of full SCN training steps fed by `pipe` over one epoch: `args.warmup` steps (worker
-    start-up, compilation, CUDA-graph capture), then `args.train_batches` timed full batches."""
+    """Images/s of full SCN (or, with `ran`, SCN+RAN with the default crops) training steps fed by
+    `pipe` over one epoch: `args.warmup` steps (worker start-up, compilation, CUDA-graph capture),
+    then `args.train_batches` timed full batches."""
     torch.manual_seed(0)
-    model = SCNModel(create_backbone(OmegaConf.create({"name": args.backbone})), 7, scn=True)
+    cfg = OmegaConf.create({"scn": OmegaConf.structured(SCNConfig),
+                            "ran": OmegaConf.structured(RANConfig(enabled=ran))})  # fmt: skip
+    model = build_model(create_backbone(OmegaConf.create({"name": args.backbone})), 7, cfg)
     accel = resolve_accel(OmegaConf.create({}), device, args.batch)
     model.to(device, memory_format=accel.memory_format).train()
     forward = accel.compiled(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     scaler = accel.grad_scaler()
-    scn = OmegaConf.structured(SCNConfig)
     labels = torch.as_tensor(data.train.labels, device=device)
     full = (b for b in pipe.batches(data.train, True, args.batch) if len(b[1]) == args.batch)
     start, timed = 0.0, 0
@@ -114,7 +122,7 @@ def train_rate(
         if k == args.warmup:
             sync(device)
             start = time.perf_counter()
-        train_step(forward, optimizer, accel, scaler, scn, x, labels[idx.to(device)])
+        train_step(forward, optimizer, accel, scaler, cfg.scn, x, labels[idx.to(device)], cfg.ran)
         if k >= args.warmup:
             timed += 1
             if timed == args.train_batches:
@@ -184,6 +192,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "timed_batches": args.train_batches,
                 **settings,
             }
+            # SCN+RAN: the whole face and the 5 default crops batched through one backbone call
+            scn_ran, _ = train_rate(pipeline("cached", data, size, device, mf, 0, cache), data,
+                                    args, device, ran=True)  # fmt: skip
+            result["train"]["scn_ran_cached"] = round(scn_ran, 1)
+            result["train"]["scn_ran_step_cost"] = round(cached / scn_ran, 2)  # x SCN's step
+            log.info("SCN+RAN (6 regions) %.1f img/s, SCN %.1f img/s: a step costs %.2fx SCN's",
+                     scn_ran, cached, cached / scn_ran)  # fmt: skip
     return result
 
 
@@ -199,6 +214,8 @@ def table(result: dict[str, Any]) -> str:
                      f"{t['train_ratio']:>7.2f}x")  # fmt: skip
         lines.append(f"{'12,271-image epoch (s)':<28}{t['epoch_s_per_sample']:>12.1f}"
                      f"{t['epoch_s_cached']:>12.1f}")  # fmt: skip
+        lines.append(f"{'SCN+RAN train step (img/s)':<28}{'':>12}{t['scn_ran_cached']:>12.1f}"
+                     f"{t['scn_ran_step_cost']:>7.2f}x SCN's step cost")  # fmt: skip
     return "\n".join(lines)
 
 

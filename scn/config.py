@@ -1,8 +1,8 @@
-"""Config schema for the `scn` group and the single `instantiate` entry point."""
+"""Config schemas for the `scn` and `ran` groups and the single `instantiate` entry point."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -31,9 +31,27 @@ class SCNConfig:
     rr_weight: float = 1.0
 
 
+def _default_crops() -> list[list[float]]:
+    """The four corner boxes and a centred box, each 0.75 of the side."""
+    return [[0.0, 0.0, 0.75, 0.75], [0.25, 0.0, 1.0, 0.75], [0.0, 0.25, 0.75, 1.0],
+            [0.25, 0.25, 1.0, 1.0], [0.125, 0.125, 0.875, 0.875]]  # fmt: skip
+
+
+@dataclass
+class RANConfig:
+    """Typed `ran` group (Region Attention Networks): typos and wrong types fail at compose time."""
+
+    enabled: bool = False
+    crops: list[Any] = field(default_factory=_default_crops)  # boxes checked by scn.models.ran
+    region_size: int | None = None
+    margin: float = 0.02
+    rb_weight: float = 1.0
+
+
 def register_configs() -> None:
-    """Make `scn/schema` available to the defaults list of conf/scn/*.yaml."""
+    """Make `scn/schema` and `ran/schema` available to the defaults lists of their groups."""
     ConfigStore.instance().store(group="scn", name="schema", node=SCNConfig)
+    ConfigStore.instance().store(group="ran", name="schema", node=RANConfig)
 
 
 register_configs()

@@ -4,7 +4,8 @@ SOURCE is a checkpoint of this project, or raw backbone weights with `--backbone
 folder of images (searched recursively), a list file, or a dataset root with `--split` (and
 `--dataset NAME`, default rafdb; then labels are exported too). Writes one `.npy` per image named
 after the image (its path under INPUT, or its dataset name), and `features.npz` with features,
-alphas, logits, labels, paths and names.
+alphas, logits, labels, paths and names. For RAN models the features are the
+representation P and `region_weights` (N, K+1) holds the region weights, the whole face first.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def export(source: str, inputs: str, out: str, backbone: str | None = None, spli
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped: list = []
-    feats, alphas, logits, kept = [], [], [], []
+    feats, alphas, logits, mus, kept = [], [], [], [], []
     for batch in iter_batches(images, lm.transform, batch_size, skipped):
         result = lm(batch.images)
         f = result.features.float().cpu().numpy()
@@ -50,8 +51,11 @@ def export(source: str, inputs: str, out: str, backbone: str | None = None, spli
         logits.append(
             result.logits.float().cpu().numpy() if lm.class_names else np.zeros((len(f), 0))
         )
+        if result.mu is not None:  # RAN: the region weights, whole face first
+            mus.append(result.mu.float().cpu().numpy())
         kept += batch.indices
     finish_report(len(images), skipped)
+    extra = {"region_weights": np.concatenate(mus).astype(np.float32)} if mus else {}
     np.savez(
         out_dir / "features.npz",
         features=np.concatenate(feats).astype(np.float32),
@@ -61,6 +65,7 @@ def export(source: str, inputs: str, out: str, backbone: str | None = None, spli
         paths=np.array([images.describe(i) for i in kept]),
         names=np.array([images.names[i] for i in kept]),
         class_names=np.array(lm.class_names),
+        **extra,
     )
     log.info("%d feature vectors of %d dims written to %s (%d skipped)",
              len(kept), feats[0].shape[1], out_dir, len(skipped))  # fmt: skip

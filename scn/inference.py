@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
@@ -19,6 +20,7 @@ from scn.data.transforms import EvalTransform
 from scn.engine.checkpoint import load_checkpoint
 from scn.errors import UserError
 from scn.models.backbones import Preprocessing, create_backbone, resolve_preprocessing
+from scn.models.ran import build_model
 from scn.models.scn_model import SCNModel, SCNOutput
 from scn.models.weights import load_pretrained
 from scn.runtime import resolve_device
@@ -32,7 +34,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 class LoadedModel:
     """A model ready for inference, with what it expects of its input and what it predicts."""
 
-    model: SCNModel
+    model: nn.Module  # SCNModel, or RANModel for RAN and SCN+RAN checkpoints
     preprocessing: Preprocessing
     class_names: list[str]
     device: torch.device
@@ -50,11 +52,12 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
-    """Load one of this project's checkpoints (best.pt / last.pt) for inference."""
+    """Load one of this project's checkpoints (best.pt / last.pt) for inference; the model (SCN,
+    baseline, RAN, SCN+RAN) is rebuilt from the config the checkpoint stores."""
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
     class_names = list(state["class_names"])
-    model = SCNModel(create_backbone(cfg.backbone), len(class_names), scn=cfg.scn.enabled)
+    model = build_model(create_backbone(cfg.backbone), len(class_names), cfg)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

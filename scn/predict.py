@@ -1,6 +1,6 @@
-"""`python -m scn.predict CHECKPOINT IMAGES [--out predictions.csv]`: expression, class probabilities
-and importance weight alpha for every image of a file, folder or list file, or of one split of a
-dataset (`IMAGES` its root, `--dataset NAME --split test`)."""
+"""`python -m scn.predict CHECKPOINT IMAGES [--out predictions.csv]`: expression, class probabilities,
+importance weight alpha (and RAN's region weights mu_0..mu_K) for every image of a file, folder or
+list file, or of one split of a dataset (`IMAGES` its root, `--dataset NAME --split test`)."""
 
 from __future__ import annotations
 
@@ -42,17 +42,21 @@ def predict(
         result = lm(batch.images)
         probs = torch.softmax(result.logits.float(), dim=1).cpu()
         alphas = result.alpha.cpu() if result.alpha is not None else None
+        mus = result.mu.float().cpu() if result.mu is not None else None
         for j, i in enumerate(batch.indices):
             row = [label[i], lm.class_names[int(probs[j].argmax())]]
             row += [f"{p:.6f}" for p in probs[j].tolist()]
             row.append(f"{alphas[j].item():.6f}" if alphas is not None else "")
+            row += [f"{m:.6f}" for m in mus[j].tolist()] if mus is not None else []
             rows.append(row)
     finish_report(len(images), skipped)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "prediction", *(f"p_{n}" for n in lm.class_names), "alpha"])
+        regions = getattr(lm.model, "num_regions", 0)  # RAN: one column per region weight
+        writer.writerow(["path", "prediction", *(f"p_{n}" for n in lm.class_names), "alpha",
+                         *(f"mu_{i}" for i in range(regions))])  # fmt: skip
         writer.writerows(rows)
     log.info("%d predictions written to %s (%d skipped)", len(rows), out_path, len(skipped))
     return len(rows)

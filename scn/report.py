@@ -38,7 +38,13 @@ METRICS = [  # (column, summary key)
     ("mean_class_acc", "test/mean_class_acc"),
     ("acc_best", "test/acc_best"),
     ("acc_last", "test/acc_last"),
+    # noise detection at the last epoch (blank without wrong labels): 1 - alpha vs the loss
+    ("noise_auc", "scn/noise_auc"),
+    ("noise_prec", "scn/noise_precision"),
+    ("noise_auc_loss", "train/noise_auc_loss"),
+    ("noise_prec_loss", "train/noise_precision_loss"),
 ]
+NOISE_CURVES = (("scn/noise_auc", "-", "1 - alpha"), ("train/noise_auc_loss", "--", "loss"))
 
 
 @dataclass
@@ -49,6 +55,7 @@ class Run:
     history: list[dict] = field(default_factory=list)
 
     config: str = ""  # the overrides that set this run apart from the others (see label_runs)
+    method: str = ""  # baseline, SCN, RAN or SCN+RAN (see method_of)
 
     @property
     def kept(self) -> set[str]:
@@ -95,12 +102,43 @@ def find_runs(root: Path) -> list[Run]:
     return runs
 
 
+METHODS = ("baseline", "SCN", "RAN", "SCN+RAN")
+
+
+def method_of(run: Run) -> str:
+    """The method a run trained, from its composed config (`.hydra/config.yaml`), else from its
+    overrides over the defaults (SCN on, RAN off)."""
+    composed = run.path / ".hydra" / "config.yaml"
+    cfg = (yaml.safe_load(composed.read_text()) or {}) if composed.is_file() else {}
+
+    def enabled(group: str, default: bool) -> bool:
+        value = run.value(f"{group}.enabled")
+        if value is None:
+            value = (cfg.get(group) or {}).get("enabled", default)
+        return str(value).lower() == "true"
+
+    return METHODS[enabled("scn", True) + 2 * enabled("ran", False)]
+
+
 def label_runs(runs: list[Run]) -> list[str]:
-    """Name each run's configuration by the overrides not shared by all runs; returns the shared."""
+    """Name each run's configuration by the overrides not shared by all runs; returns the shared.
+    When the runs differ in method, the name starts with the method: `SCN+RAN: ran.enabled=True
+    scn.enabled=True`, `baseline: ...`."""
     common = set.intersection(*(r.kept for r in runs))
     for r in runs:
+        r.method = method_of(r)
+    by_method = len({r.method for r in runs}) > 1
+    for r in runs:
         r.config = " ".join(sorted(r.kept - common)) or "(all runs alike)"
+        if by_method:
+            r.config = f"{r.method}: {r.config}"
     return sorted(common)
+
+
+def _config_order(config: str) -> tuple[int, str]:
+    """Methods in the order baseline, SCN, RAN, SCN+RAN, then by the rest of the name."""
+    first, _, rest = config.partition(": ")
+    return (METHODS.index(first) if first in METHODS else len(METHODS), rest or config)
 
 
 def failed_rows(failed: list[Run], root: Path, common: set[str]) -> list[tuple[str, str, str]]:
@@ -121,7 +159,7 @@ def table(runs: list[Run]) -> list[dict]:
     for run in runs:
         groups[run.config].append(run)
     rows = []
-    for config, members in sorted(groups.items()):
+    for config, members in sorted(groups.items(), key=lambda kv: _config_order(kv[0])):
         row: dict = {"config": config, "n": len(members)}
         for column, key in METRICS:
             values = [r.summary[key] for r in members if key in r.summary]
@@ -154,7 +192,7 @@ def plots(runs: list[Run]) -> dict[str, bytes]:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         by_method: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in noise:
-            method = "baseline" if str(r.value("scn.enabled")).lower() == "false" else "SCN"
+            method = r.method or method_of(r)
             by_method[method][float(r.value("dataset.noise.rate"))].append(r.summary["test/acc"])
         for method, points in sorted(by_method.items()):
             xs = sorted(points)
@@ -185,6 +223,8 @@ def plots(runs: list[Run]) -> dict[str, bytes]:
     fig.tight_layout()
     figures["learning_curves.png"] = _png(fig)
     plt.close(fig)
+    if any(NOISE_CURVES[1][0] in row for r in runs for row in r.history):
+        figures["noise_detection.png"] = noise_plot(runs, plt)
     best = max(runs, key=lambda r: r.summary["test/acc"])
     if best.history:
         from scn.tracking.figures import save_confusion_png
@@ -195,6 +235,30 @@ def plots(runs: list[Run]) -> dict[str, bytes]:
         save_confusion_png(row["test/confusion"], names, buf, f"best run: {best.config[:50]}")
         figures["confusion_best.png"] = buf.getvalue()
     return figures
+
+
+def noise_plot(runs: list[Run], plt) -> bytes:
+    """Per configuration, the epoch's noise-detection AUC of 1 - alpha (solid) and of the loss
+    (dashed), averaged over its runs: how well each ranks the wrong labels first."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, style, what in NOISE_CURVES:
+        curves: dict[str, list[dict[int, float]]] = defaultdict(list)
+        for r in runs:
+            points = {row["epoch"]: row[key] for row in r.history if key in row}
+            if points:
+                curves[r.config].append(points)
+        for config, members in sorted(curves.items()):
+            epochs = sorted(set.intersection(*(set(m) for m in members)))
+            mean = [100 * statistics.fmean(m[e] for m in members) for e in epochs]
+            ax.plot(epochs, mean, style, label=f"{what}: {config[:50]}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("noise-detection AUC (%)")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
 
 
 def write_report(root: Path, out: Path | None = None) -> Path:
@@ -214,7 +278,9 @@ def write_report(root: Path, out: Path | None = None) -> Path:
         "",
         f"{len(runs)} runs, {len(rows)} configurations. Test accuracy in %: `acc` and `mean_class_acc`"
         " at the selected epoch, `acc_best` the best epoch, `acc_last` the last; std over repetitions"
-        " (blank for one run).",
+        " (blank for one run). `noise_*`: at the last epoch, the ROC-AUC and precision (in %) with"
+        " which 1 - alpha (SCN) and the training loss (`_loss`) rank the wrong labels first; blank"
+        " without wrong labels.",
         "",
         f"Shared by all runs: `{' '.join(common) or '(no overrides)'}`",
         "",

@@ -93,7 +93,7 @@ def test_missing_rafdb_root_fails_with_a_clear_message(tmp_path, cache_dir):
     assert "dataset root not found" in proc.stderr and "experiment=demo" in proc.stderr
 
 
-def test_every_backbone_option_trains_a_tiny_epoch(tmp_path, cache_dir):
+def test_backbone_options_train_a_tiny_epoch(tmp_path, cache_dir):
     options = sorted(p.stem for p in (ROOT / "conf/backbone").glob("*.yaml"))
     assert {
         "resnet18",
@@ -104,8 +104,10 @@ def test_every_backbone_option_trains_a_tiny_epoch(tmp_path, cache_dir):
         "iresnet50",
         "iresnet100",
     } <= set(options)
-    swept = [o for o in options if o != "timm"]
-    tiny = [*TINY, "trainer.epochs=1", "trainer.checkpoints=none"]
+    # the deeper IResNets are iresnet18's code at other depths: test_config builds and steps them
+    swept = [o for o in options if o not in ("timm", "iresnet34", "iresnet50", "iresnet100")]
+    tiny = [o for o in TINY if not o.startswith("backbone=")]
+    tiny += ["trainer.epochs=1", "trainer.checkpoints=none"]
     proc = run_py(
         ["-m", *tiny, f"backbone={','.join(swept)}", "hydra.sweep.dir=sweep"], tmp_path, cache_dir
     )
@@ -116,6 +118,6 @@ def test_every_backbone_option_trains_a_tiny_epoch(tmp_path, cache_dir):
     summaries = sorted((tmp_path / "sweep").glob("*/summary.json")) + [
         tmp_path / "timm/summary.json"
     ]
-    assert len(summaries) == len(options)
+    assert len(summaries) == len(swept) + 1
     for path in summaries:
         assert 0.0 <= json.loads(path.read_text())["test/acc"] <= 1.0

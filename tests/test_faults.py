@@ -20,8 +20,7 @@ from scn.report import write_report
 from scn.sweep import FailedJob
 from tests.conftest import ROOT, TINY, compose_cfg, write_rafdb
 
-FAST = [*TINY, "backbone=resnet10t"]  # several times faster than resnet18 at 32 px on a CPU
-FAST_NO_EPOCHS = [o for o in FAST if not o.startswith("trainer.epochs=")]
+TINY_NO_EPOCHS = [o for o in TINY if not o.startswith("trainer.epochs=")]
 
 
 def run_py(args, cwd, cache_dir, script=None, **env):
@@ -36,17 +35,17 @@ def run_py(args, cwd, cache_dir, script=None, **env):
 
 # ------------------------------------------------------------------------------------- resume
 def test_resume_takes_what_the_command_line_does_not_set_from_the_checkpoint(tmp_path):
-    started = compose_cfg([*FAST_NO_EPOCHS, "trainer.epochs=4", "trainer.device=cpu"], tmp_path)
+    started = compose_cfg([*TINY_NO_EPOCHS, "trainer.epochs=4", "trainer.device=cpu"], tmp_path)
     state = {"config": to_container(started), "choices": hydra_choices()}
     ckpt = f"ckpt_path={tmp_path / 'last.pt'}"
 
-    cfg = resume_config(compose_cfg([*FAST_NO_EPOCHS, ckpt], tmp_path / "resumed"), state)
+    cfg = resume_config(compose_cfg([*TINY_NO_EPOCHS, ckpt], tmp_path / "resumed"), state)
     assert cfg.trainer.epochs == 4  # not the config's default of 70
     assert cfg.trainer.device == "cpu"  # not the default auto
     assert cfg.paths.output_dir == str(tmp_path / "resumed")  # always this run's directory
     assert cfg.ckpt_path == str(tmp_path / "last.pt")
 
-    cfg = compose_cfg([*FAST_NO_EPOCHS, ckpt, "trainer.epochs=6", "logger=wandb"], tmp_path / "b")
+    cfg = compose_cfg([*TINY_NO_EPOCHS, ckpt, "trainer.epochs=6", "logger=wandb"], tmp_path / "b")
     cfg = resume_config(cfg, state)
     assert cfg.trainer.epochs == 6 and cfg.logger.backend == "wandb"
 
@@ -65,23 +64,23 @@ def test_a_requeued_job_resumes_itself_and_a_run_directory_resumes_and_extends(
 
     monkeypatch.setattr(Trainer, "save", save_then_die)
     with pytest.raises(Stop):  # killed right after epoch 1's last.pt, of trainer.epochs=2
-        train(compose_cfg([*FAST, "trainer.checkpoints=last"], tmp_path / "a"))
+        train(compose_cfg([*TINY, "trainer.checkpoints=last"], tmp_path / "a"))
     monkeypatch.setattr(Trainer, "save", real_save)
 
     # SLURM requeued the job: the same command in the same directory picks up its last.pt
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    assert train(compose_cfg([*FAST, "trainer.checkpoints=last"], tmp_path / "a"))["epochs"] == 2
+    assert train(compose_cfg([*TINY, "trainer.checkpoints=last"], tmp_path / "a"))["epochs"] == 2
     monkeypatch.delenv("SLURM_RESTART_COUNT")
     assert [json.loads(r)["epoch"] for r in (tmp_path / "a/metrics.jsonl").open()] == [1, 2]
 
-    resume = [*FAST_NO_EPOCHS, f"ckpt_path={tmp_path / 'a'}", "trainer.epochs=3"]
+    resume = [*TINY_NO_EPOCHS, f"ckpt_path={tmp_path / 'a'}", "trainer.epochs=3"]
     assert train(compose_cfg(resume, tmp_path / "c"))["epochs"] == 3  # extended on request
     assert [json.loads(r)["epoch"] for r in (tmp_path / "c/metrics.jsonl").open()] == [1, 2, 3]
     assert load_checkpoint(tmp_path / "c/last.pt")["config"]["trainer"]["epochs"] == 3
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="directory without a last.pt"):
-        train(compose_cfg([*FAST, f"ckpt_path={tmp_path / 'empty'}"], tmp_path / "d"))
+        train(compose_cfg([*TINY, f"ckpt_path={tmp_path / 'empty'}"], tmp_path / "d"))
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -127,7 +126,7 @@ def test_a_multirun_job_records_its_failure_and_the_sweep_goes_on_unless_told(ti
 def test_multirun_completes_the_other_jobs_exits_1_and_the_report_lists_the_failure(
     tmp_path, cache_dir
 ):
-    args = ["-m", *FAST, "trainer.epochs=1", "trainer.checkpoints=none,oops,none",
+    args = ["-m", *TINY, "trainer.epochs=1", "trainer.checkpoints=none,oops,none",
             "hydra.sweep.dir=sweep"]  # fmt: skip
     proc = run_py(args, tmp_path, cache_dir)
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -165,7 +164,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def test_sigterm_inside_an_epoch_saves_a_last_pt_that_resumes_bitwise(tmp_path, cache_dir):
-    common = [*FAST, "trainer.checkpoints=last", "dataset.noise.rate=0.2", "scn.relabel_epoch=2",
+    common = [*TINY, "trainer.checkpoints=last", "dataset.noise.rate=0.2", "scn.relabel_epoch=2",
               "scn.margin_2=0.0"]  # fmt: skip
     # 3 batches per epoch: step 5 is the second of epoch 2, with relabels on both sides of it
     proc = run_py([*common, "hydra.run.dir=stopped"], tmp_path, cache_dir, SIGTERM_AT_STEP,
@@ -181,7 +180,7 @@ def test_sigterm_inside_an_epoch_saves_a_last_pt_that_resumes_bitwise(tmp_path, 
     assert state["epoch"] == 1 and state["partial"]["epoch"] == 2
     assert state["partial"]["batches"] == 2
 
-    resumed = train(compose_cfg([*FAST_NO_EPOCHS, f"ckpt_path={stopped}"], tmp_path / "resumed"))
+    resumed = train(compose_cfg([*TINY_NO_EPOCHS, f"ckpt_path={stopped}"], tmp_path / "resumed"))
     full = train(compose_cfg(common, tmp_path / "full"))
     assert resumed["scn/relabeled_total"] > 0
     rows = (tmp_path / "resumed/metrics.jsonl").read_text()
@@ -195,7 +194,7 @@ def test_sigterm_inside_an_epoch_saves_a_last_pt_that_resumes_bitwise(tmp_path, 
 
 def test_a_diverging_run_stops_with_the_epoch_and_keeps_last_pt_finite(tiny_cfg, tmp_path):
     # epoch 1 trains at lr 0.01, epoch 2 at 1e6: the loss becomes NaN in epoch 2
-    cfg = tiny_cfg("backbone=resnet10t", "optimizer=sgd", "scheduler.gamma=1e8",
+    cfg = tiny_cfg("optimizer=sgd", "scheduler.gamma=1e8",
                    "trainer.checkpoints=best_and_last")  # fmt: skip
     with pytest.raises(UserError, match="diverged in epoch 2: the loss is nan") as e:
         train(cfg)

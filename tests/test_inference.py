@@ -22,7 +22,7 @@ def trained(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SCN_CACHE_DIR", str(cache_dir))
-        summary = train(compose_cfg([*TINY, "trainer.epochs=2", "backbone=resnet10t"], out))
+        summary = train(compose_cfg([*TINY, "trainer.epochs=2"], out))
     return out, summary
 
 

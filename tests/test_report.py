@@ -45,12 +45,31 @@ def test_report_tables_average_seeds_per_configuration(noise_sweep, tmp_path):
     row = next(r for r in rows if "noise.rate=0.3" in r["config"] and baseline(r["config"]))
     assert float(row["acc_mean"]) == pytest.approx(statistics.fmean(accs))
     assert float(row["acc_std"]) == pytest.approx(statistics.stdev(accs))
-    for name in ("accuracy_vs_noise.png", "learning_curves.png", "confusion_best.png"):
+    # noise detection: the loss detector for every noisy run, alpha only with SCN, none when clean
+    for r in rows:
+        noisy, scn = "dataset.noise.rate=0.3" in r["config"], not baseline(r["config"])
+        assert (r["noise_auc_loss_mean"] != "") == noisy and (r["noise_auc_mean"] != "") == (
+            noisy and scn
+        ), r
+    aucs = [
+        json.loads((j / "summary.json").read_text()) for j in noise_sweep.iterdir() if j.is_dir()
+    ]
+    aucs = [s["train/noise_auc_loss"] for s in aucs if "train/noise_auc_loss" in s]
+    assert len(aucs) == 4 and statistics.fmean(aucs) == pytest.approx(
+        statistics.fmean(float(r["noise_auc_loss_mean"]) for r in rows if r["noise_auc_loss_mean"])
+    )
+    names = (
+        "accuracy_vs_noise.png",
+        "learning_curves.png",
+        "confusion_best.png",
+        "noise_detection.png",
+    )
+    for name in names:
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
     md = (out / "report.md").read_text()
     assert "| configuration | n |" in md and "![accuracy_vs_noise.png]" in md
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<table>" in page
+    assert page.count("data:image/png;base64,") == 4 and "<table>" in page
 
 
 def test_single_runs_leave_std_blank_and_default_out_is_the_runs_dir(noise_sweep, tmp_path):

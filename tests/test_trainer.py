@@ -29,6 +29,10 @@ def test_train_writes_metrics_summary_and_checkpoints(tiny_cfg, tmp_path):
         "scn/relabeled",
         "scn/relabel_fixed",
         "scn/relabel_broken",
+        "scn/noise_auc",
+        "scn/noise_precision",
+        "train/noise_auc_loss",
+        "train/noise_precision_loss",
         "test/acc",
         "test/mean_class_acc",
         "test/class_acc",
@@ -54,6 +58,7 @@ def test_train_writes_metrics_summary_and_checkpoints(tiny_cfg, tmp_path):
         + s["scn/clean_labels_broken"]
     )
     assert rows[-1]["scn/noisy_labels"] == s["scn/noisy_labels_final"]
+    assert s["scn/noise_auc"] == rows[-1]["scn/noise_auc"]  # the last epoch's detection figures
 
     state = load_checkpoint(out / "last.pt")
     assert state["epoch"] == 2 and (out / "best.pt").is_file()
@@ -74,6 +79,7 @@ def test_baseline_has_no_alpha_no_rr_no_relabel(tiny_cfg, tmp_path):
     summary = train(cfg)
     row = read_metrics(tmp_path / "run/metrics.jsonl")[0]
     assert "train/rr" not in row and "scn/relabeled" not in row
+    assert "train/noise_auc_loss" not in row  # clean labels: no noise-detection figures
     assert row["train/loss"] == row["train/ce"]
     assert summary["scn/relabeled_total"] == 0
     state = torch.load(tmp_path / "run/last.pt", weights_only=True)

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from scn.engine.noise_detect import SampleScores
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """Each epoch's shuffling and augmentation depend on (seed, epoch) only, so a resumed run
@@ -74,25 +76,32 @@ class EpochProgress:
     low_count: int = 0
     alphas: list[torch.Tensor] = field(default_factory=list)
     changes: list[torch.Tensor] = field(default_factory=list)  # (position, old, new) rows
+    samples: SampleScores = field(default_factory=SampleScores)  # noise-detection figures
 
     @classmethod
-    def start(cls, epoch: int, device: torch.device) -> EpochProgress:
-        return cls(epoch, DeviceSums(SUM_KEYS, device))
+    def start(cls, epoch: int, device: torch.device, extra: tuple[str, ...] = ()) -> EpochProgress:
+        """`extra`: sum keys beyond SUM_KEYS (RAN's region statistics)."""
+        return cls(epoch, DeviceSums(SUM_KEYS + tuple(extra), device))
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "batches": self.batches,
             "sums": self.sums.values.cpu(),
+            "sum_keys": list(self.sums.keys),
             "high_count": self.high_count,
             "low_count": self.low_count,
             "alphas": torch.cat(self.alphas).cpu() if self.alphas else None,
             "changes": torch.cat(self.changes, 1).cpu() if self.changes else None,
+            "samples": self.samples.state_dict(),
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
-        p = cls.start(int(state["epoch"]), device)
+        extra = tuple(state.get("sum_keys", SUM_KEYS))[len(SUM_KEYS) :]
+        p = cls.start(int(state["epoch"]), device, extra)
+        if state.get("samples"):
+            p.samples = SampleScores.from_state(state["samples"], device)
         p.sums.values = state["sums"].to(device=device, dtype=torch.float64)
         p.batches = int(state["batches"])
         p.high_count, p.low_count = int(state["high_count"]), int(state["low_count"])

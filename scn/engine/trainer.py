@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -19,11 +18,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from scn.config import RelabelScope, hydra_choices, instantiate, to_container
 from scn.data.datasets import Split, load_dataset
 from scn.data.pipeline import build_pipeline
-from scn.engine.accel import Accel, resolve_accel
+from scn.engine.accel import resolve_accel
 from scn.engine.checkpoint import save_checkpoint
 from scn.engine.evaluate import metrics_from_confusion, predict_confusion
 from scn.engine.guard import Preempted, StopSignals, check_finite
-from scn.engine.scn_loss import relabel, scn_loss, split_groups
+from scn.engine.noise_detect import noise_summary
+from scn.engine.ran_loss import add_ran_sums, ran_row, ran_sum_keys
+from scn.engine.scn_loss import relabel, split_groups
 from scn.engine.state import (
     DeviceSums,
     EpochProgress,
@@ -32,9 +33,10 @@ from scn.engine.state import (
     seed_everything,
     set_rng_states,
 )
+from scn.engine.step import train_step
 from scn.errors import UserError
 from scn.models.backbones import Preprocessing, create_backbone, resolve_preprocessing
-from scn.models.scn_model import SCNModel
+from scn.models.ran import build_model
 from scn.models.weights import load_pretrained
 from scn.runtime import resolve_device
 from scn.tracking.local import relabel_csv, write_json, write_metrics, write_text_atomic
@@ -42,28 +44,6 @@ from scn.tracking.local import relabel_csv, write_json, write_metrics, write_tex
 log = logging.getLogger(__name__)
 
 CHECKPOINT_CHOICES = ("none", "last", "best_and_last")
-
-
-def train_step(forward, optimizer, accel: Accel, scaler, scn, x: torch.Tensor, y: torch.Tensor):
-    """One optimisation step: the model runs in the configured precision, the SCN loss in fp32.
-    Returns (model output, loss, ce, RR stats or None); nothing here waits for the device."""
-    accel.step_begin()
-    with accel.autocast():
-        out = forward(x)
-    rr = None
-    if scn.enabled:
-        loss, ce, rr = scn_loss(out.logits, out.alpha, y, scn.beta, scn.margin_1, scn.rr_weight)
-    else:
-        loss = ce = F.cross_entropy(out.logits.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return out, loss, ce, rr
 
 
 class Trainer:
@@ -86,7 +66,8 @@ class Trainer:
         self.class_names = self.data.class_names
         self.num_classes = len(self.class_names)
         backbone = create_backbone(cfg.backbone)
-        self.model = SCNModel(backbone, self.num_classes, scn=cfg.scn.enabled)
+        self.model = build_model(backbone, self.num_classes, cfg)  # SCN, RAN or SCN+RAN
+        self.ran_keys = ran_sum_keys(self.model)  # RAN's epoch statistics; () without RAN
         if state is not None:
             pre = state["preprocessing"]
             self.preprocessing = Preprocessing(
@@ -220,7 +201,7 @@ class Trainer:
         Returns None when a stop signal ended it early, with its progress in `self.resume_at`."""
         cfg, scn = self.cfg, self.cfg.scn
         p = self.resume_at if self.resume_at and self.resume_at.epoch == epoch else None
-        p, self.resume_at = p or EpochProgress.start(epoch, self.device), None
+        p, self.resume_at = p or EpochProgress.start(epoch, self.device, self.ran_keys), None
         seed = epoch_seed(cfg.trainer.seed, epoch)
         batches = self.pipeline.batches(self.data.train, True, cfg.trainer.batch_size, seed)
         # resuming inside the epoch: the batches already trained are made again and dropped, so
@@ -243,6 +224,8 @@ class Trainer:
             sums.add("loss", loss.detach().double() * n)
             sums.add("ce", ce.detach().double() * n)
             sums.add("correct", (logits.argmax(1) == y).sum())
+            p.samples.record(idx, y, self.clean_labels, logits, out.alpha)  # before relabeling
+            add_ran_sums(sums, out.mu, cfg.get("ran"))  # nothing without RAN
             if scn.enabled:
                 sums.add("rr", rr.rr.detach().double() * n)
                 sums.add("high", rr.high_sum.double())
@@ -288,10 +271,13 @@ class Trainer:
                 }
             )
         row["scn/noisy_labels"] = int((self.labels != self.clean_labels).sum())
+        row.update(p.samples.metrics())  # scn/noise_auc, train/noise_auc_loss, ...
+        row.update(ran_row(totals, self.ran_keys))  # ran/rb, ran/face_top, ran/mu_<i>
         return row
 
     def step(self, x: torch.Tensor, y: torch.Tensor):
-        return train_step(self.forward, self.optimizer, self.accel, self.scaler, self.cfg.scn, x, y)
+        return train_step(self.forward, self.optimizer, self.accel, self.scaler, self.cfg.scn, x, y,
+                          self.cfg.get("ran"))  # fmt: skip
 
     def _relabel(self, logits, alpha, y, idx, sums: DeviceSums) -> torch.Tensor:
         """Apply the relabel rule to this batch, audit it against the clean reference (counts in
@@ -434,6 +420,7 @@ class Trainer:
             "scn/noisy_labels_fixed": int((noisy0 & right_now).sum()),
             "scn/clean_labels_broken": int((~noisy0 & ~right_now).sum()),
             "output_dir": str(self.output_dir),
+            **noise_summary(self.history),  # the last epoch's noise-detection figures
         }
         if selected_on == "val":
             summary["val/acc"] = sel["val/acc"]

@@ -15,7 +15,8 @@ class SCNOutput(NamedTuple):
         torch.Tensor
     )  # alpha * fc(f) with SCN, fc(f) without; used for CE, argmax and relabeling
     alpha: torch.Tensor | None  # importance weight in (0, 1), shape (B,); None for the baseline
-    features: torch.Tensor  # pooled backbone feature f
+    features: torch.Tensor  # pooled backbone feature f (RAN: the image representation P)
+    mu: torch.Tensor | None = None  # RAN's region weights (B, K+1), the whole face first; else None
 
 
 class SCNHead(nn.Module):

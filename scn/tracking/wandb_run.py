@@ -111,6 +111,7 @@ class WandbTracker:
             self.run = wandb.init(**{**kwargs, "mode": "offline"})
         self.run_id = self.run.id
         self.log_model = bool(cfg.logger.get("log_model", False))
+        self.log_images = bool(cfg.logger.get("log_images", False))
         self.output_dir = output_dir
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
@@ -148,6 +149,8 @@ class WandbTracker:
                     self.run.summary[key] = summary[key]
         if trainer is not None and trainer.history:
             self._log_tables(trainer)
+            if self.log_images and exit_code == 0:  # scn.inspect's galleries, once per run
+                self._log_galleries(trainer.history[-1]["epoch"])
         best = self.output_dir / "best.pt"
         if self.log_model and exit_code == 0 and best.is_file():
             import wandb
@@ -185,6 +188,16 @@ class WandbTracker:
             audit.add_data(r["sample"], r["old"], r["new"], r["epoch"], r["clean"])
         tables["scn/relabels"] = audit
         self.run.log({"epoch": last["epoch"], **tables})
+
+    def _log_galleries(self, epoch: int) -> None:
+        from scn.inspect import wandb_galleries
+
+        ckpt = next((c for c in ("best", "last") if (self.output_dir / f"{c}.pt").is_file()), None)
+        if ckpt is None:
+            log.warning("logger.log_images: no best.pt or last.pt to draw galleries from "
+                        "(trainer.checkpoints=none); none logged")  # fmt: skip
+            return
+        self.run.log({"epoch": epoch, **wandb_galleries(self.output_dir, ckpt)})
 
 
 def build_tracker(

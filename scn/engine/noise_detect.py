@@ -1,0 +1,121 @@
+"""How well a per-sample score finds the wrong labels: SCN's 1 - alpha against the small-loss rule.
+
+Every train step writes each sample's alpha, training loss and whether its label in use was wrong
+into tensors on the training device, at the sample's dataset position (no host sync); the epoch's
+figures are read once at its end. Ties are handled exactly: the AUC counts a tied (wrong, right) pair
+as half, and precision counts the tied block at the cut by its expected share of wrong labels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# the figures of the two detectors (metrics.jsonl, W&B, and summary.json at the last epoch)
+KEYS = (
+    "scn/noise_auc",
+    "scn/noise_precision",
+    "train/noise_auc_loss",
+    "train/noise_precision_loss",
+)
+
+
+def detection_auc(scores: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """ROC-AUC of `scores` (higher = more suspect) as a detector of `wrong` (bool): the chance that a
+    random wrong sample scores above a random right one, ties counted as half (Mann-Whitney U with
+    average ranks). Undefined (nan) when either group is empty."""
+    s = scores.double()
+    _, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    ranks = (ends - (counts.double() - 1) / 2)[inverse]  # 1-based average ranks, ascending
+    n_pos = wrong.sum().double()
+    n_neg = wrong.numel() - n_pos
+    u = ranks[wrong].sum() - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
+
+
+def precision_at_k(scores: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """Share of wrong labels among the k highest scores, k = the number of wrong labels. Scores tied
+    at the cut enter by their expected share (the mean over random tie-breaks)."""
+    s = scores.double()
+    w = wrong.double()
+    k = w.sum()
+    if wrong.numel() == 0:
+        return k * float("nan")
+    cut = torch.sort(s, descending=True).values[(k.long() - 1).clamp(min=0)]
+    above, tied = s > cut, s == cut
+    need = k - above.sum()
+    hits = w[above].sum() + need * w[tied].sum() / tied.sum()
+    return hits / k
+
+
+class SampleScores:
+    """One epoch's per-sample alpha, training loss and wrong-label flag, indexed by dataset position
+    and allocated on the training device by the first step. A position seen twice in an epoch
+    (balanced sampler) keeps its latest step."""
+
+    def __init__(self) -> None:
+        self.seen: torch.Tensor | None = None
+        self.wrong = self.loss = self.alpha = None
+
+    def record(
+        self,
+        idx: torch.Tensor,
+        labels: torch.Tensor,
+        clean: torch.Tensor,
+        logits: torch.Tensor,
+        alpha: torch.Tensor | None,
+    ) -> None:
+        """A step's samples at positions `idx`: `labels` the ones trained with, `clean` the whole
+        train set's clean reference, `logits` the ones trained on (SCN's alpha-weighted logits), so
+        the loss is the per-sample CE the step optimised."""
+        if self.seen is None:
+            self.seen = torch.zeros(len(clean), dtype=torch.bool, device=clean.device)
+            self.wrong = torch.zeros_like(self.seen)
+            self.loss = torch.zeros(len(clean), device=clean.device)
+        self.seen[idx] = True
+        self.wrong[idx] = labels != clean[idx]
+        self.loss[idx] = F.cross_entropy(logits.detach().float(), labels, reduction="none")
+        if alpha is not None:
+            if self.alpha is None:
+                self.alpha = torch.zeros_like(self.loss)
+            self.alpha[idx] = alpha.detach().float()
+
+    def metrics(self) -> dict[str, float]:
+        """The epoch's detection figures; empty when no label in use was wrong. The AUC is left out
+        when every label was wrong (no right label to rank against)."""
+        if self.seen is None:
+            return {}
+        wrong = self.wrong[self.seen]
+        detectors = [("train/noise_auc_loss", "train/noise_precision_loss", self.loss)]
+        if self.alpha is not None:
+            detectors.append(("scn/noise_auc", "scn/noise_precision", 1 - self.alpha))
+        values = [
+            f(score[self.seen], wrong)
+            for _, _, score in detectors
+            for f in (detection_auc, precision_at_k)
+        ]
+        read = torch.stack([wrong.sum().double(), *values]).tolist()  # the one device read
+        if read[0] == 0:
+            return {}
+        keys = [k for auc, prec, _ in detectors for k in (auc, prec)]
+        return {k: v for k, v in zip(keys, read[1:], strict=True) if v == v}  # nan: undefined
+
+    def state_dict(self) -> dict[str, Any]:
+        names = ("seen", "wrong", "loss", "alpha")
+        return {k: getattr(self, k).cpu() for k in names if getattr(self, k) is not None}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device | str) -> SampleScores:
+        s = cls()
+        for k, v in state.items():
+            setattr(s, k, v.to(device))
+        return s
+
+
+def noise_summary(history: list[dict[str, Any]]) -> dict[str, float]:
+    """The last epoch's detection figures, for summary.json."""
+    last = history[-1] if history else {}
+    return {k: last[k] for k in KEYS if k in last}
