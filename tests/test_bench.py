@@ -22,7 +22,9 @@ def test_bench_writes_the_documented_json(tmp_path):
         per_sample, cached = r["per_sample"], r["cached"]
         assert per_sample > 0 and cached > 0
         ratio = r.get("pipeline_ratio", r.get("train_ratio"))
-        assert ratio == pytest.approx(cached / per_sample, abs=0.01)
+        # the JSON rounds rates to 0.1 and ratios to 0.01: allow exactly that much disagreement
+        slack = ratio * (0.05 / per_sample + 0.05 / cached) + 0.005
+        assert ratio == pytest.approx(cached / per_sample, abs=slack)
     assert "pipeline 40 px" in proc.stderr and "train step" in proc.stderr
     t = result["train"]  # SCN+RAN next to SCN, same settings
     assert t["scn_ran_cached"] > 0
