@@ -28,6 +28,7 @@ def test_bench_writes_the_documented_json(tmp_path):
     assert "pipeline 40 px" in proc.stderr and "train step" in proc.stderr
     t = result["train"]  # SCN+RAN next to SCN, same settings
     assert t["scn_ran_cached"] > 0
-    assert t["scn_ran_step_cost"] == pytest.approx(t["cached"] / t["scn_ran_cached"], rel=0.02)
+    rel = 0.05 / t["cached"] + 0.05 / t["scn_ran_cached"] + 0.01  # rounding, as above
+    assert t["scn_ran_step_cost"] == pytest.approx(t["cached"] / t["scn_ran_cached"], rel=rel)
     assert "SCN+RAN train step" in proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["b.json"]  # generated data cleaned up
