@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +93,20 @@ def _short(text: str, limit: int = 24) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+def data_rows(reader, header: list[str], path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, row) of each data row of a csv.reader past its header; blank lines hold no row,
+    and a row with another number of fields than the header is named."""
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise UserError(
+                f"{path}:{reader.line_num}: {len(row)} fields, expected {len(header)} "
+                f"({', '.join(h.strip() for h in header)}); fix or delete the row"
+            )
+        yield reader.line_num, row
+
+
 def read_pixel_table(path: Path, columns: Sequence[str]) -> PixelTable:
     """Read a table with a header row and a `pixels` column (plus `columns`), matching column names
     case-insensitively and ignoring surrounding spaces (Kaggle's icml_face_data.csv writes
@@ -123,15 +137,7 @@ def read_pixel_table(path: Path, columns: Sequence[str]) -> PixelTable:
             pixels: list[np.ndarray] = []
             texts: list[str] = []
             lines: list[int] = []
-            for row in reader:
-                if not row:  # a blank line holds no data row
-                    continue
-                line = reader.line_num
-                if len(row) != len(header):
-                    raise UserError(
-                        f"{path}:{line}: {len(row)} fields, expected {len(header)} "
-                        f"({', '.join(h.strip() for h in header)}); fix or delete the row"
-                    )
+            for line, row in data_rows(reader, header, path):
                 for c, k in cols.items():
                     values[c].append(row[k].strip())
                 texts.append(row[pixel_col])

@@ -27,7 +27,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from scn.data.readers.fer2013 import CSV_NAME as FER2013_CSV
-from scn.data.readers.fer2013 import class_names_of, read_pixel_table
+from scn.data.readers.fer2013 import class_names_of, data_rows, read_pixel_table
 from scn.data.sources import DatasetFiles, FileImages, ImageList, LabeledImages, PixelImages
 from scn.errors import UserError
 
@@ -321,15 +321,7 @@ def _read_new_csv(path: Path) -> list[tuple[str, int, str, list[int]]]:
             usage_col = index["usage"]
             name_col = index[NEW_CSV_NAME_COLUMN.lower()]
             vote_cols = [index[c.lower()] for c in VOTE_COLUMNS]
-            for row in reader:
-                if not row:
-                    continue
-                line = reader.line_num
-                if len(row) != len(header):
-                    raise UserError(
-                        f"{path}:{line}: {len(row)} fields, expected {len(header)} "
-                        f"({', '.join(h.strip() for h in header)}); fix or delete the row"
-                    )
+            for line, row in data_rows(reader, header, path):
                 usage = row[usage_col].strip()
                 if usage not in USAGE_SPLIT:
                     raise UserError(
