@@ -115,8 +115,8 @@ def requeued(output_dir: Path) -> bool:
     return restarts > 0 and (output_dir / "last.pt").is_file()
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train (or resume) one run and return its summary."""
+def train(cfg: DictConfig, trainer_class: type[Trainer] = Trainer) -> dict[str, Any]:
+    """Train (or resume) one run and return its summary; `trainer_class` is the task's loop."""
     output_dir = Path(str(cfg.paths.output_dir))
     output_dir.mkdir(parents=True, exist_ok=True)
     state = None
@@ -128,8 +128,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         inside = state.get("partial")
         where = f"at step {inside['batches']} of epoch {inside['epoch']}" if inside else ""
         log.info("resuming %s %s", ckpt_file, where or f"after epoch {state['epoch']}")
-    trainer = Trainer(cfg, output_dir, state)
-    tracker = build_tracker(cfg, output_dir, run_id=trainer.run_id)
+    trainer = trainer_class(cfg, output_dir, state)
+    tracker = build_tracker(cfg, output_dir, run_id=trainer.run_id, job_type=trainer.job_type)
     trainer.run_id = tracker.run_id
     try:
         summary = trainer.fit(tracker)
@@ -137,25 +137,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         tracker.finish(exit_code=1, error=describe(e), preempted=isinstance(e, Preempted))
         raise
     tracker.finish(summary, trainer)
-    s = summary
-    log.info(
-        "test/acc %.4f (mean per class %.4f) at epoch %d selected on %s; best %.4f, last %.4f",
-        s["test/acc"],
-        s["test/mean_class_acc"],
-        s["selected_epoch"],
-        s["selected_on"],
-        s["test/acc_best"],
-        s["test/acc_last"],
-    )
-    if cfg.scn.enabled:
-        log.info(
-            "relabels %d; noisy train labels %d -> %d (fixed %d, clean labels broken %d)",
-            s["scn/relabeled_total"],
-            s["scn/noisy_labels_initial"],
-            s["scn/noisy_labels_final"],
-            s["scn/noisy_labels_fixed"],
-            s["scn/clean_labels_broken"],
-        )
+    trainer.log_summary(summary)
     log.info("outputs in %s", output_dir)
     return summary
 

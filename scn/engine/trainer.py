@@ -22,7 +22,6 @@ from scn.engine.accel import resolve_accel
 from scn.engine.checkpoint import save_checkpoint
 from scn.engine.evaluate import metrics_from_confusion, predict_confusion
 from scn.engine.guard import Preempted, StopSignals, check_finite
-from scn.engine.noise_detect import noise_summary
 from scn.engine.ran_loss import add_ran_sums, ran_row, ran_sum_keys
 from scn.engine.scn_loss import relabel, split_groups
 from scn.engine.state import (
@@ -34,6 +33,7 @@ from scn.engine.state import (
     set_rng_states,
 )
 from scn.engine.step import train_step
+from scn.engine.summary import log_train_summary, relabel_rows, train_summary
 from scn.errors import UserError
 from scn.models.backbones import Preprocessing, create_backbone, resolve_preprocessing
 from scn.models.ran import build_model
@@ -62,11 +62,11 @@ class Trainer:
         self.progress = bool(cfg.trainer.progress)
         seed_everything(cfg.trainer.seed)
 
-        self.data = load_dataset(cfg.dataset, Path(str(cfg.paths.cache_dir)).expanduser())
+        self.data = self.load_data()
         self.class_names = self.data.class_names
         self.num_classes = len(self.class_names)
         backbone = create_backbone(cfg.backbone)
-        self.model = build_model(backbone, self.num_classes, cfg)  # SCN, RAN or SCN+RAN
+        self.model = self.build_model(backbone)
         self.ran_keys = ran_sum_keys(self.model)  # RAN's epoch statistics; () without RAN
         if state is not None:
             pre = state["preprocessing"]
@@ -141,6 +141,38 @@ class Trainer:
         )
         if state is not None:
             self.load_state_dict(state)
+
+    # ------------------------------------------------- what a task changes
+    # A task (pretraining, ...) subclasses Trainer and overrides these; the loop stays one.
+    selection_metric = "acc"  # `<split>/<metric>` picks the best epoch
+    job_type = "train"  # the W&B job type
+
+    def load_data(self):
+        return load_dataset(self.cfg.dataset, Path(str(self.cfg.paths.cache_dir)).expanduser())
+
+    def build_model(self, backbone: torch.nn.Module) -> torch.nn.Module:
+        return build_model(backbone, self.num_classes, self.cfg)  # SCN, RAN or SCN+RAN
+
+    def selected_on(self) -> str:
+        """The split whose `selection_metric` selects the epoch."""
+        return "val" if self.data.val is not None else "test"
+
+    def evaluate_epoch(self) -> dict[str, Any]:
+        """The per-epoch evaluation row."""
+        row = self.evaluate(self.data.val, "val") if self.data.val is not None else {}
+        row.update(self.evaluate(self.data.test, "test"))
+        return row
+
+    def write_run_files(self) -> None:
+        """Files beside summary.json at the end of the run."""
+        write_text_atomic(self.output_dir / "relabels.csv", relabel_csv(self.relabel_rows()))
+
+    def epoch_line(self, row: dict[str, Any]) -> str:
+        val = f"val/acc {row['val/acc']:.4f}  " if "val/acc" in row else ""
+        return (
+            f"loss {row['train/loss']:.4f}  train/acc {row['train/acc']:.4f}  {val}"
+            f"test/acc {row['test/acc']:.4f}  relabeled {row.get('scn/relabeled', '-')}"
+        )
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -314,7 +346,7 @@ class Trainer:
     def fit(self, tracker) -> dict[str, Any]:
         """Train from the epoch after the last completed one to trainer.epochs."""
         cfg = self.cfg
-        selected_on = "val" if self.data.val is not None else "test"
+        selected_on = self.selected_on()
         if self.epoch >= cfg.trainer.epochs:
             raise UserError(
                 f"the checkpoint already completed epoch {self.epoch}; raise trainer.epochs to go on"
@@ -326,23 +358,8 @@ class Trainer:
                 self._fit_epoch(epoch, tracker, selected_on)
         summary = self.summary(selected_on)
         write_json(self.output_dir / "summary.json", summary)
-        write_text_atomic(self.output_dir / "relabels.csv", relabel_csv(self.relabel_rows()))
+        self.write_run_files()
         return summary
-
-    def relabel_rows(self) -> list[dict[str, Any]]:
-        """The relabel audit: which sample changed label when, against the clean reference."""
-        names, samples = self.class_names, self.data.train.names
-        clean = self.clean_labels.tolist()
-        return [
-            {
-                "sample": samples[i],
-                "old": names[o],
-                "new": names[n],
-                "epoch": e,
-                "clean": names[clean[i]],
-            }  # fmt: skip
-            for i, o, n, e in self.relabel_log
-        ]
 
     def _fit_epoch(self, epoch: int, tracker, selected_on: str) -> None:
         """Train one epoch, evaluate, select, record and checkpoint."""
@@ -357,13 +374,11 @@ class Trainer:
             raise Preempted(self.stop.name, f"after step {partial.batches} of epoch {epoch}",
                             self.last_good, self.output_dir)  # fmt: skip
         self._check_finite(epoch, row["train/loss"])
-        if self.data.val is not None:
-            row.update(self.evaluate(self.data.val, "val"))
-        row.update(self.evaluate(self.data.test, "test"))
+        row.update(self.evaluate_epoch())
         self.scheduler.step()
         self.epoch = epoch
         self.history.append(row)
-        score = row[f"{selected_on}/acc"]
+        score = row[f"{selected_on}/{self.selection_metric}"]
         improved = self.best is None or score > self.best["score"]
         if improved:
             self.best = {"epoch": epoch, "score": score}
@@ -375,18 +390,8 @@ class Trainer:
         stopping = bool(self.stop.received) and epoch < cfg.trainer.epochs
         if keep in ("last", "best_and_last") or stopping:
             self.save("last.pt")
-        val = f"val/acc {row['val/acc']:.4f}  " if "val/acc" in row else ""
-        log.info(
-            "epoch %d/%d  loss %.4f  train/acc %.4f  %stest/acc %.4f  relabeled %s  (%.1fs)",
-            epoch,
-            cfg.trainer.epochs,
-            row["train/loss"],
-            row["train/acc"],
-            val,
-            row["test/acc"],
-            row.get("scn/relabeled", "-"),
-            time.perf_counter() - start,
-        )
+        log.info("epoch %d/%d  %s  (%.1fs)", epoch, cfg.trainer.epochs, self.epoch_line(row),
+                 time.perf_counter() - start)  # fmt: skip
         if stopping:
             raise Preempted(self.stop.name, f"after epoch {epoch}", self.last_good, self.output_dir)
 
@@ -394,36 +399,12 @@ class Trainer:
         check_finite(self.model, epoch, loss, self.last_good, self.optimizer.param_groups[0]["lr"])
 
     def summary(self, selected_on: str) -> dict[str, Any]:
-        sel = self.history[self.best["epoch"] - 1]
-        last = self.history[-1]
-        noisy0 = self.initial_labels != self.clean_labels
-        right_now = self.labels == self.clean_labels
-        summary: dict[str, Any] = {
-            "test/acc": sel["test/acc"],
-            "test/mean_class_acc": sel["test/mean_class_acc"],
-            "test/class_acc": sel["test/class_acc"],
-            "test/acc_best": max(r["test/acc"] for r in self.history),
-            "test/acc_last": last["test/acc"],
-            "test/mean_class_acc_last": last["test/mean_class_acc"],
-            "selected_epoch": self.best["epoch"],
-            "selected_on": selected_on,
-            "selection_note": (
-                "epoch selected on a validation split held out from train"
-                if selected_on == "val"
-                else "epoch selected on the test split, as the papers do (set dataset.val_fraction "
-                "for an unbiased estimate)"
-            ),
-            "epochs": self.epoch,
-            "scn/relabeled_total": sum(r.get("scn/relabeled", 0) for r in self.history),
-            "scn/noisy_labels_initial": int(noisy0.sum()),
-            "scn/noisy_labels_final": int((~right_now).sum()),
-            "scn/noisy_labels_fixed": int((noisy0 & right_now).sum()),
-            "scn/clean_labels_broken": int((~noisy0 & ~right_now).sum()),
-            "output_dir": str(self.output_dir),
-            **noise_summary(self.history),  # the last epoch's noise-detection figures
-        }
-        if selected_on == "val":
-            summary["val/acc"] = sel["val/acc"]
-            summary["val/mean_class_acc"] = sel["val/mean_class_acc"]
-            summary["val/acc_best"] = max(r["val/acc"] for r in self.history)
-        return summary
+        return train_summary(self, selected_on)
+
+    def relabel_rows(self) -> list[dict[str, Any]]:
+        """The relabel audit: which sample changed label when, against the clean reference."""
+        return relabel_rows(self.relabel_log, self.class_names, self.data.train.names,
+                            self.clean_labels.tolist())  # fmt: skip
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        log_train_summary(summary, self.cfg.scn.enabled)
