@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +15,14 @@ from omegaconf import Container, DictConfig, OmegaConf
 
 from scn import sweep
 from scn.config import hydra_choices, to_container
-from scn.engine.checkpoint import load_checkpoint, resume_file
+from scn.engine.checkpoint import load_checkpoint, remove_stray_temp_files, resume_file
 from scn.engine.evaluate import evaluate_checkpoint
 from scn.engine.guard import Preempted
+from scn.engine.pretrain import PretrainTrainer
 from scn.engine.trainer import Trainer
 from scn.errors import JobFailed, UserError
 from scn.runtime import release_job_resources
-from scn.tracking.wandb_run import build_tracker
+from scn.tracking.wandb_run import NullTracker, build_tracker
 
 log = logging.getLogger(__name__)
 
@@ -115,21 +118,38 @@ def requeued(output_dir: Path) -> bool:
     return restarts > 0 and (output_dir / "last.pt").is_file()
 
 
+# the loop each training task runs: a checkpoint resumes with the loop that wrote it
+LOOPS: dict[str, type[Trainer]] = {"train": Trainer, "pretrain": PretrainTrainer}
+
+
 def train(cfg: DictConfig, trainer_class: type[Trainer] = Trainer) -> dict[str, Any]:
     """Train (or resume) one run and return its summary; `trainer_class` is the task's loop."""
+    started = time.perf_counter()  # start-up (time/startup_s) counts from here
     output_dir = Path(str(cfg.paths.output_dir))
     output_dir.mkdir(parents=True, exist_ok=True)
     state = None
     source = output_dir if requeued(output_dir) else cfg.ckpt_path
     if source:
         ckpt_file = resume_file(source)
+        remove_stray_temp_files(ckpt_file.parent)  # a write the previous job did not finish
         state = load_checkpoint(ckpt_file)
         cfg = resume_config(cfg, state, ckpt_file)
+        saved_task = state["config"].get("task", "train")
+        if saved_task in LOOPS and LOOPS[saved_task] is not trainer_class:
+            log.info(
+                "%s is a task=%s run: resuming it with that task's loop", ckpt_file, saved_task
+            )
+            trainer_class, cfg.task = LOOPS[saved_task], saved_task
         inside = state.get("partial")
         where = f"at step {inside['batches']} of epoch {inside['epoch']}" if inside else ""
         log.info("resuming %s %s", ckpt_file, where or f"after epoch {state['epoch']}")
     trainer = trainer_class(cfg, output_dir, state)
-    tracker = build_tracker(cfg, output_dir, run_id=trainer.run_id, job_type=trainer.job_type)
+    trainer.clock.started_at(started)
+    tracker = (  # torchrun: rank 0 logs the run
+        build_tracker(cfg, output_dir, run_id=trainer.run_id, job_type=trainer.job_type)
+        if trainer.dist.main
+        else NullTracker()
+    )
     trainer.run_id = tracker.run_id
     try:
         summary = trainer.fit(tracker)
@@ -162,7 +182,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-TASKS = {"train": train, "eval": evaluate}
+TASKS = {
+    "train": train,
+    "eval": evaluate,
+    "pretrain": partial(train, trainer_class=PretrainTrainer),
+}
+DEFAULT_METRIC = "test/acc"  # conf/config.yaml's optimized_metric
+TASK_METRIC = {"pretrain": "verify/acc"}  # returned when optimized_metric is left at the default
 
 
 def main(cfg: DictConfig) -> float:
@@ -173,12 +199,15 @@ def main(cfg: DictConfig) -> float:
         summary = TASKS[cfg.task](cfg)
     finally:
         release_job_resources()
-    if cfg.optimized_metric not in summary:
+    metric = cfg.optimized_metric
+    if metric == DEFAULT_METRIC and metric not in summary:  # e.g. a resumed pretraining run
+        metric = next((m for m in TASK_METRIC.values() if m in summary), metric)
+    if metric not in summary:
         raise UserError(
-            f"optimized_metric={cfg.optimized_metric!r} is not in the summary; "
+            f"optimized_metric={metric!r} is not in the summary; "
             f"choose one of {', '.join(k for k, v in summary.items() if isinstance(v, float))}"
         )
-    return float(summary[cfg.optimized_metric])
+    return float(summary[metric])
 
 
 def describe(e: BaseException) -> str:

@@ -10,6 +10,13 @@ over a fixed number of batches and extrapolated to a RAF-DB-sized epoch. Both tr
 same model settings (trainer auto: precision, channels_last, compile), so the ratio is the pipeline's.
 Then SCN+RAN (the whole face and the 5 default crops as one batch) on the cached pipeline, same
 settings, as images/s and as a step cost relative to SCN's.
+
+    python -m scn.bench --e2e              # only the whole-run measurement
+
+`--e2e` times what a user waits for instead: `python run.py` on generated data (RAF-DB-sized with
+ResNet-18 at 224 px on CUDA; 1,024 images with ResNet-10-T at 48 px on a CPU), `--e2e-epochs` epochs,
+twice with one cache folder: cold (empty decoded-image and compile caches, as a sweep's first job) and
+warm (as its later jobs and resumed runs), with the runs' `time/*` phase split.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,13 +43,18 @@ from scn.data.pipeline import Pipeline
 from scn.data.synthetic import ensure_synthetic
 from scn.engine.accel import resolve_accel
 from scn.engine.step import train_step
+from scn.errors import UserError
 from scn.models.backbones import create_backbone
 from scn.models.ran import build_model
 from scn.runtime import resolve_device
+from scn.tracking.local import read_metrics
 
 log = logging.getLogger(__name__)
 
 RAFDB_TRAIN_IMAGES = 12271
+RAFDB_TEST_IMAGES = 3068
+RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
+CONF_BACKBONES = Path(__file__).resolve().parents[1] / "conf" / "backbone"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RECIPE_AUG = {"flip_or_noise_p": 0.5, "noise_var": 30.0, "erasing_p": 0.5,
               "erasing_scale": (0.02, 0.25), "erasing_ratio": (0.3, 3.3)}  # fmt: skip
@@ -64,10 +77,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_data(folder: Path, images: int) -> DataBundle:
+def make_data(folder: Path, images: int, test_images: int = 14) -> DataBundle:
     """Synthetic faces stored as RAF-DB stores its aligned images: 100x100 JPEGs."""
     per_class = -(-images // 7)
-    root = ensure_synthetic(folder, per_class, 2, image_size=100, seed=0)
+    root = ensure_synthetic(folder, per_class, -(-test_images // 7), image_size=100, seed=0)
     dcfg = OmegaConf.create(
         {"name": "bench", "root": str(root), "label_file": None, "label_format": "auto",
          "class_names": ["c"] * 7, "noise": {"rate": 0.0, "seed": 0}, "val_fraction": 0.0}
@@ -202,7 +215,84 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+# ----------------------------------------------------------------------------- whole runs
+def backbone_overrides(name: str) -> list[str]:
+    """A backbone option of conf/backbone/ when there is one, else any timm model by name."""
+    if (CONF_BACKBONES / f"{name}.yaml").is_file():
+        return [f"backbone={name}"]
+    return ["backbone=timm", f"backbone.name={name}"]
+
+
+def e2e_run(args: argparse.Namespace, folder: Path, root: Path, name: str) -> dict[str, Any]:
+    """One `python run.py` training run in a fresh process: wall clock and its time/* split."""
+    out = folder / name
+    overrides = ["dataset=rafdb", f"dataset.root={root}", *backbone_overrides(args.backbone),
+                 f"dataset.image_size={args.train_size}", f"trainer.epochs={args.e2e_epochs}",
+                 f"trainer.batch_size={args.batch}", f"trainer.device={args.device}",
+                 "trainer.progress=false", "logger=none", f"hydra.run.dir={out}"]  # fmt: skip
+    # one cache folder for both runs: decoded images and compiled code
+    env = {**os.environ, "SCN_CACHE_DIR": str(folder / "cache")}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(RUN_PY), *overrides], cwd=folder, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"the {name} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    summary = json.loads((out / "summary.json").read_text())
+    rows = read_metrics(out / "metrics.jsonl")
+    r: dict[str, Any] = {"wall_s": round(wall, 2)}
+    r.update({k.removeprefix("time/"): v for k, v in summary.items() if k.startswith("time/")})
+    r["per_epoch_s"] = [row["time/epoch_s"] for row in rows]
+    busy = r["train_s"] + r["eval_s"]
+    # how far an epoch's time is above its training and evaluation: the loop's own overhead
+    r["epoch_over_train_eval"] = round(r["epoch_s"] / busy, 3) if busy else None
+    r["test_acc"] = summary["test/acc"]
+    log.info("%s run: %.1fs wall clock, start-up %.1fs, epochs %s s", name, wall,
+             r["startup_s"], ", ".join(f"{s:.1f}" for s in r["per_epoch_s"]))  # fmt: skip
+    return r
+
+
+def e2e(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole-run measurement: the same short training run cold, then warm."""
+    if not RUN_PY.is_file():
+        raise UserError(f"--e2e runs {RUN_PY}, which is missing: run it from a source checkout "
+                        "(pip install -e .)")  # fmt: skip
+    device = resolve_device(args.device)
+    result: dict[str, Any] = {"device": device_name(device), "torch": torch.__version__}
+    with tempfile.TemporaryDirectory(prefix="scn-bench-", dir=args.workdir) as tmp:
+        folder = Path(tmp)
+        t0 = time.perf_counter()
+        test_images = max(14, round(args.images * RAFDB_TEST_IMAGES / RAFDB_TRAIN_IMAGES))
+        data = make_data(folder, args.images, test_images)
+        log.info("generated %d + %d 100x100 JPEGs in %.1fs", len(data.train), len(data.test),
+                 time.perf_counter() - t0)  # fmt: skip
+        result["e2e"] = {
+            "images": len(data.train),
+            "test_images": len(data.test),
+            "epochs": args.e2e_epochs,
+            "model": f"{args.backbone} SCN, {args.train_size} px, batch {args.batch}",
+            "cold": e2e_run(args, folder, data.root, "cold"),
+            "warm": e2e_run(args, folder, data.root, "warm"),
+        }
+    return result
+
+
+def e2e_table(result: dict[str, Any]) -> str:
+    e = result["e2e"]
+    keys = ("wall_s", "startup_s", "startup_data_s", "startup_model_s", "startup_compile_s",
+            "train_s", "eval_s", "checkpoint_s", "checkpoint_write_s", "epoch_s")  # fmt: skip
+    lines = [f"device: {result['device']} (torch {result['torch']})",
+             f"whole run: {e['images']} train / {e['test_images']} test images, {e['model']}, "
+             f"{e['epochs']} epochs", f"{'seconds':<22}{'cold':>10}{'warm':>10}"]  # fmt: skip
+    lines += [f"{k:<22}{e['cold'][k]:>10.2f}{e['warm'][k]:>10.2f}" for k in keys]
+    return "\n".join(lines)
+
+
 def table(result: dict[str, Any]) -> str:
+    if "e2e" in result:
+        return e2e_table(result)
     lines = [f"device: {result['device']} (torch {result['torch']})",
              f"{'what':<28}{'per-sample':>12}{'cached':>12}{'ratio':>8}"]  # fmt: skip
     for size, r in result["pipeline"].items():
@@ -223,7 +313,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m scn.bench", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="bench.json", help="JSON results file (default: bench.json)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--images", type=int, default=2048, help="generated 100x100 train images")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="generated 100x100 train images (default 2048; --e2e: 12,271 on CUDA, 1,024 on CPU)",
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[224, 112, 48], help="output sides")
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64, as the recipe)")
     p.add_argument("--batches", type=int, default=30, help="pipeline batches timed per size")
@@ -239,7 +334,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="per-sample workers feeding training (default: min(4, cores))",
     )
-    p.add_argument("--train-size", type=int, default=224, help="training input side")
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        help="training input side (default 224; --e2e on CPU: 48)",
+    )
     p.add_argument(
         "--train-batches",
         type=int,
@@ -252,12 +352,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="training steps before timing (default: 1 on CPU, 20 on CUDA for compile)",
     )
-    p.add_argument("--backbone", default="resnet18", help="timm model name (default resnet18)")
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="timm model name (default resnet18; --e2e on CPU: resnet10t)",
+    )
+    p.add_argument(
+        "--e2e",
+        action="store_true",
+        help="only the whole-run measurement: python run.py cold, then warm",
+    )
+    p.add_argument("--e2e-epochs", type=int, default=3, help="epochs of each --e2e run")
     p.add_argument(
         "--workdir", default=None, help="where the temp data goes (default: system temp)"
     )
     args = p.parse_args(argv)
     cuda = resolve_device(args.device).type == "cuda"
+    small = args.e2e and not cuda  # a whole run within minutes on a few CPU cores
+    if args.images is None:
+        args.images = (RAFDB_TRAIN_IMAGES if cuda else 1024) if args.e2e else 2048
+    if args.backbone is None:
+        args.backbone = "resnet10t" if small else "resnet18"
+    if args.train_size is None:
+        args.train_size = 48 if small else 224
+    if args.e2e_epochs < 1:
+        p.error("--e2e-epochs must be at least 1")
     if args.train_batches is None:
         args.train_batches = 100 if cuda else 5
     if args.warmup is None:
@@ -266,7 +385,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    result = run(args)
+    result = e2e(args) if args.e2e else run(args)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     log.info("\n%s\nresults written to %s", table(result), Path(args.out).resolve())
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -33,6 +34,7 @@ def hydra_cli(hydra_main: Callable[[], Any]) -> int:
 
     from scn.sweep import failed_jobs
 
+    _join_torchrun_job()
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra then re-raises what fails outside a job (config composition, sweepers) instead of
     # printing it with a hint and exiting 1; jobs report their own failures through JobFailed
@@ -64,3 +66,24 @@ def hydra_cli(hydra_main: Callable[[], Any]) -> int:
     if message:
         sys.stderr.write(message.rstrip() + "\n")
     return code
+
+
+def _join_torchrun_job() -> None:
+    """Under torchrun: join the process group before Hydra composes, so every rank names the run
+    directory from rank 0's start time; ranks other than 0 write no `.hydra/` and no log file
+    (their warnings and errors still reach the terminal)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return  # (checked before importing torch, which a plain run loads only for its job)
+    from scn.engine import distributed
+
+    d = distributed.init()
+    atexit.register(distributed.close)
+    import scn.config
+
+    scn.config.set_run_start(distributed.start_time())
+    if not d.main:
+        sys.argv += [
+            "hydra.output_subdir=null",
+            "hydra/job_logging=worker",
+            "hydra/hydra_logging=worker",
+        ]

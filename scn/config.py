@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -18,6 +19,12 @@ class RelabelScope(str, Enum):
     low = "low"  # the low-importance group only (the paper)
 
 
+# Over which alphas RR ranks under torchrun (one process: the same): `global` = the whole global
+# batch, gathered (the single-process value); `local` = each process's share (cheaper, other maths).
+# ("global" is a Python keyword, hence the functional form; OmegaConf matches members by name.)
+RRScope = Enum("RRScope", {"global": "global", "local": "local"}, type=str)
+
+
 @dataclass
 class SCNConfig:
     """Typed `scn` group: a typo (`scn.margn_1`) or a wrong type fails when the config is composed."""
@@ -29,6 +36,25 @@ class SCNConfig:
     relabel_epoch: int = 10
     relabel_scope: RelabelScope = RelabelScope.all
     rr_weight: float = 1.0
+    rr_scope: RRScope = RRScope["global"]
+
+
+class PretrainLoss(str, Enum):
+    """The identity loss of task=pretrain."""
+
+    arcface = "arcface"  # additive angular margin: s * cos(theta + m) at the label
+    cosface = "cosface"  # additive cosine margin: s * (cos(theta) - m)
+    softmax = "softmax"  # normalised softmax: s * cos(theta), no margin
+
+
+@dataclass
+class PretrainConfig:
+    """Typed `pretrain` group: typos and wrong types fail at compose time."""
+
+    loss: PretrainLoss = PretrainLoss.arcface
+    scale: float = 64.0
+    margin: float | None = None  # None: 0.5 for arcface, 0.35 for cosface, 0 for softmax
+    embedding_dim: int = 512
 
 
 def _default_crops() -> list[list[float]]:
@@ -52,9 +78,28 @@ def register_configs() -> None:
     """Make `scn/schema` and `ran/schema` available to the defaults lists of their groups."""
     ConfigStore.instance().store(group="scn", name="schema", node=SCNConfig)
     ConfigStore.instance().store(group="ran", name="schema", node=RANConfig)
+    ConfigStore.instance().store(group="pretrain", name="schema", node=PretrainConfig)
 
 
 register_configs()
+
+
+_run_start: datetime.datetime | None = None
+
+
+def set_run_start(when: datetime.datetime) -> None:
+    """Fix the time run directories are named from (rank 0's, under torchrun)."""
+    global _run_start
+    _run_start = when
+
+
+def _format_run_start(pattern: str) -> str:
+    return (_run_start or datetime.datetime.now()).strftime(pattern)
+
+
+# `${run_start:%H-%M-%S}` in hydra.run.dir / hydra.sweep.dir: like Hydra's `${now:}`, but every
+# process of a torchrun job resolves it to the same time, so all ranks share one run directory
+OmegaConf.register_new_resolver("run_start", _format_run_start, use_cache=True, replace=True)
 
 
 def instantiate(node: DictConfig, **kwargs: Any) -> Any:

@@ -43,6 +43,9 @@ METRICS = [  # (column, summary key)
     ("noise_prec", "scn/noise_precision"),
     ("noise_auc_loss", "train/noise_auc_loss"),
     ("noise_prec_loss", "train/noise_precision_loss"),
+    # task=pretrain runs: verification accuracy on held-out pairs, training identity accuracy
+    ("verify_acc", "verify/acc"),
+    ("id_acc", "train/id_acc"),
 ]
 NOISE_CURVES = (("scn/noise_auc", "-", "1 - alpha"), ("train/noise_auc_loss", "--", "loss"))
 
@@ -102,7 +105,7 @@ def find_runs(root: Path) -> list[Run]:
     return runs
 
 
-METHODS = ("baseline", "SCN", "RAN", "SCN+RAN")
+METHODS = ("baseline", "SCN", "RAN", "SCN+RAN", "pretrain")
 
 
 def method_of(run: Run) -> str:
@@ -117,6 +120,8 @@ def method_of(run: Run) -> str:
             value = (cfg.get(group) or {}).get("enabled", default)
         return str(value).lower() == "true"
 
+    if (run.value("task") or cfg.get("task")) == "pretrain":
+        return "pretrain"
     return METHODS[enabled("scn", True) + 2 * enabled("ran", False)]
 
 
@@ -209,14 +214,15 @@ def plots(runs: list[Run]) -> dict[str, bytes]:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     curves: dict[str, list[list[float]]] = defaultdict(list)
     for r in runs:
-        if r.history:
-            curves[r.config].append([row["test/acc"] for row in r.history])
+        key = curve_key(r)
+        if r.history and key:
+            curves[r.config].append([row[key] for row in r.history])
     for config, members in sorted(curves.items()):
         length = min(map(len, members))
         mean = [statistics.fmean(m[i] for m in members) for i in range(length)]
         ax.plot(range(1, length + 1), [100 * v for v in mean], label=config[:60])
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%; pretraining: verify/acc)")
     if len(curves) <= 12:
         ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
@@ -225,8 +231,9 @@ def plots(runs: list[Run]) -> dict[str, bytes]:
     plt.close(fig)
     if any(NOISE_CURVES[1][0] in row for r in runs for row in r.history):
         figures["noise_detection.png"] = noise_plot(runs, plt)
-    best = max(runs, key=lambda r: r.summary["test/acc"])
-    if best.history:
+    trained = [r for r in runs if "test/acc" in r.summary]  # pretraining runs have no classes
+    best = max(trained, key=lambda r: r.summary["test/acc"]) if trained else None
+    if best is not None and best.history:
         from scn.tracking.figures import save_confusion_png
 
         row = best.history[best.summary["selected_epoch"] - 1]
@@ -235,6 +242,12 @@ def plots(runs: list[Run]) -> dict[str, bytes]:
         save_confusion_png(row["test/confusion"], names, buf, f"best run: {best.config[:50]}")
         figures["confusion_best.png"] = buf.getvalue()
     return figures
+
+
+def curve_key(run: Run) -> str | None:
+    """What a run's learning curve shows: test/acc, or verify/acc for a pretraining run."""
+    first = run.history[0] if run.history else {}
+    return next((k for k in ("test/acc", "verify/acc") if k in first), None)
 
 
 def noise_plot(runs: list[Run], plt) -> bytes:
@@ -280,7 +293,8 @@ def write_report(root: Path, out: Path | None = None) -> Path:
         " at the selected epoch, `acc_best` the best epoch, `acc_last` the last; std over repetitions"
         " (blank for one run). `noise_*`: at the last epoch, the ROC-AUC and precision (in %) with"
         " which 1 - alpha (SCN) and the training loss (`_loss`) rank the wrong labels first; blank"
-        " without wrong labels.",
+        " without wrong labels. `verify_acc` and `id_acc`: pretraining runs' (task=pretrain)"
+        " verification accuracy on held-out pairs and training identity accuracy.",
         "",
         f"Shared by all runs: `{' '.join(common) or '(no overrides)'}`",
         "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,12 @@ TINY = [
     "logger=none",
     "backbone=resnet10t",  # several times faster than resnet18 at 32 px on a CPU, same interface
 ]
+
+
+def untimed_rows(path: Path) -> list[dict]:
+    """metrics.jsonl rows without their `time/*` keys: wall-clock timings differ between runs."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
 def tiny_args(*extra: str) -> list[str]:

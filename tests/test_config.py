@@ -182,3 +182,19 @@ def test_wandb_sweep_files_pass_existing_keys_to_run_py(sweep, tmp_path):
             f"{sweep.name}: {key}"
         )
         assert all(not isinstance(v, str) for v in values["values"])  # 0.001, not '1e-3'
+
+
+def test_pretrain_group_is_typed_and_the_demo_pretrains(tmp_path):
+    cfg = compose_cfg(["experiment=pretrain_demo"], tmp_path)
+    assert cfg.task == "pretrain" and cfg.dataset.format == "identities"
+    assert cfg.dataset.image_size == compose_cfg(["experiment=demo"], tmp_path).dataset.image_size
+    defaults = compose_cfg(["dataset=identities"], tmp_path)
+    assert defaults.pretrain.loss.value == "arcface" and defaults.pretrain.scale == 64
+    assert defaults.pretrain.margin is None and defaults.pretrain.embedding_dim == 512
+    assert (
+        defaults.dataset.min_images_per_identity == 2 and defaults.dataset.verify_identities == 0.1
+    )
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg(["pretrain.margn=0.3"], tmp_path)
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_cfg(["pretrain.loss=triplet"], tmp_path)

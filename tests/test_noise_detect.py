@@ -100,9 +100,9 @@ def test_trainer_figures_come_from_the_trained_labels_and_weighted_logits(tiny_c
     steps, positions = [], []
     real_step, real_record = trainer.step, SampleScores.record
 
-    def step(x, y):
-        out = real_step(x, y)
-        steps.append((y.clone(), out[0].logits.detach().clone(), out[0].alpha.detach().clone()))
+    def step(x, y, global_n):
+        out = real_step(x, y, global_n)
+        steps.append((y.clone(), out.out.logits.detach().clone(), out.out.alpha.detach().clone()))
         return out
 
     def record(self, idx, *args):

@@ -10,7 +10,7 @@ from scn.engine.checkpoint import load_checkpoint, save_checkpoint
 from scn.engine.trainer import Trainer
 from scn.errors import UserError
 from scn.tracking.local import read_metrics
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import TINY, compose_cfg, untimed_rows
 
 
 def test_train_writes_metrics_summary_and_checkpoints(tiny_cfg, tmp_path):
@@ -130,7 +130,7 @@ def test_resume_repeats_an_uninterrupted_run_bitwise(tmp_path, monkeypatch):
         "trainer.checkpoints=last",
     ]
     full = train(compose_cfg(common, tmp_path / "full"))
-    full_rows = (tmp_path / "full/metrics.jsonl").read_text().splitlines()
+    full_rows = untimed_rows(tmp_path / "full/metrics.jsonl")
 
     # interrupt after epoch 1 (a crash right after last.pt was written)
     class Stop(Exception):
@@ -154,7 +154,7 @@ def test_resume_repeats_an_uninterrupted_run_bitwise(tmp_path, monkeypatch):
             tmp_path / "resumed",
         )
     )
-    rows = (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()
+    rows = untimed_rows(tmp_path / "resumed/metrics.jsonl")
     assert rows == full_rows  # epochs 2 and 3 bitwise equal, epoch 1 carried over
     assert resumed["test/acc"] == full["test/acc"]
     a = load_checkpoint(tmp_path / "full/last.pt")

@@ -30,6 +30,11 @@ class Boxes:
     height: torch.Tensor
     width: torch.Tensor
 
+    def slice(self, start: int, end: int) -> Boxes:
+        """The boxes of rows start..end-1 (one process's share of a global batch)."""
+        return Boxes(*(t[start:end] for t in (self.erase, self.top, self.left, self.height,
+                                              self.width)))  # fmt: skip
+
     def mask(self, h: int, w: int) -> torch.Tensor:
         """(B, 1, H, W), True inside the erased boxes."""
         device = self.top.device
@@ -87,7 +92,8 @@ class BatchEval:
         out = x.to(torch.float32, memory_format=self.memory_format)
         return torch.addcmul(neg_shift, out, scale, out=out)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                 part: tuple[int, int] | None = None) -> torch.Tensor:  # fmt: skip
         return self.normalize(self.resize(x))
 
 
@@ -117,27 +123,40 @@ class BatchTrain(BatchEval):
         self.log_ratio = (math.log(erasing_ratio[0]), math.log(erasing_ratio[1]))
 
     def flip_or_noise(
-        self, x: torch.Tensor, g: torch.Generator | None, masked: bool | None = None
+        self,
+        x: torch.Tensor,
+        g: torch.Generator | None,
+        masked: bool | None = None,
+        part: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """On the gathered (owned) uint8 batch. On CPU only the chosen samples are touched; on an
-        accelerator (`masked`) the whole batch is computed and selected by mask: no host sync."""
+        accelerator (`masked`) the whole batch is computed and selected by mask: no host sync.
+        `part` = (start, total): `x` is rows start.. of a batch of `total` (one process's share of a
+        global batch); the random numbers of the whole batch are drawn and this share's applied."""
         b = x.shape[0]
-        u = torch.rand(2, b, device=x.device, generator=g)
+        start, total = part or (0, b)
+        mine = slice(start, start + b)
+        u = torch.rand(2, total, device=x.device, generator=g)
         chosen = u[0] < self.flip_or_noise_p
         flip = chosen & (u[1] < 0.5)
         noise = chosen & (u[1] >= 0.5)
         if masked if masked is not None else x.device.type != "cpu":
-            noisy = torch.randn(x.shape, device=x.device, generator=g).mul_(self.noise_std).add_(x)
+            noisy = torch.randn((total, *x.shape[1:]), device=x.device, generator=g)[mine]
+            noisy = noisy.mul_(self.noise_std).add_(x)
             noisy = noisy.clamp_(0, 255).to(torch.uint8)  # truncation, as np.clip().astype(uint8)
-            x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
-            return torch.where(noise.view(b, 1, 1, 1), noisy, x)
-        flip, noise = flip.nonzero().squeeze(1), noise.nonzero().squeeze(1)
+            x = torch.where(flip[mine].view(b, 1, 1, 1), x.flip(-1), x)
+            return torch.where(noise[mine].view(b, 1, 1, 1), noisy, x)
+        flip = flip[mine].nonzero().squeeze(1)
+        noise_all = noise.nonzero().squeeze(1)  # the batch's noisy rows, in the draw's order
         if len(flip):
             x.index_copy_(0, flip, x.index_select(0, flip).flip(-1))
-        if len(noise):
-            sel = x.index_select(0, noise)
-            noisy = torch.randn(sel.shape, generator=g).mul_(self.noise_std).add_(sel)
-            x.index_copy_(0, noise, noisy.clamp_(0, 255).to(torch.uint8))
+        if len(noise_all):
+            draw = torch.randn((len(noise_all), *x.shape[1:]), generator=g)
+            here = (noise_all >= start) & (noise_all < start + b)
+            noise = noise_all[here] - start
+            if len(noise):
+                noisy = draw[here].mul_(self.noise_std).add_(x.index_select(0, noise))
+                x.index_copy_(0, noise, noisy.clamp_(0, 255).to(torch.uint8))
         return x
 
     def erase_boxes(self, b: int, h: int, w: int, device, g: torch.Generator | None) -> Boxes:
@@ -159,10 +178,14 @@ class BatchTrain(BatchEval):
         erase = (u[4, :, 0] < self.erasing_p) & fits.any(dim=1)
         return Boxes(erase, top.long(), left.long(), bh.long(), bw.long())
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                 part: tuple[int, int] | None = None) -> torch.Tensor:  # fmt: skip
+        """`part` = (start, total): `x` is one process's share of a global batch of `total`."""
+        start, total = part or (0, x.shape[0])
         if self.flip_or_noise_p > 0:
-            x = self.flip_or_noise(x, generator)
+            x = self.flip_or_noise(x, generator, part=(start, total))
         out = self.normalize(self.resize(x))
         if self.erasing_p > 0:
-            self.erase_boxes(out.shape[0], self.size, self.size, out.device, generator).apply(out)
+            boxes = self.erase_boxes(total, self.size, self.size, out.device, generator)
+            boxes.slice(start, start + out.shape[0]).apply(out)
         return out

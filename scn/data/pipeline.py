@@ -21,6 +21,7 @@ from scn.data.cache import ImageStore, decoded_images
 from scn.data.datasets import DataBundle, FaceImages, Split
 from scn.data.sampler import epoch_order
 from scn.data.transforms import EvalTransform, TrainTransform
+from scn.engine.distributed import SINGLE, Dist
 from scn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,12 @@ class CachedBatches:
         order: torch.Tensor | None = None,
         seed: int = 0,
         drop_last: bool = False,
+        dist: Dist = SINGLE,
     ):
-        """`order`: positions to visit (a training epoch's); None = every position in file order."""
+        """`order`: positions to visit (a training epoch's); None = every position in file order.
+        With `dist`, `batch_size` and `order` are global and this process yields its share of
+        each batch, augmented with the random numbers of the whole batch."""
+        self.dist = dist
         self.store = store
         self.rows = torch.as_tensor(rows, dtype=torch.long)
         self.transform = transform
@@ -53,7 +58,7 @@ class CachedBatches:
         self.drop_last = drop_last
 
     def __len__(self) -> int:
-        n = len(self.rows)
+        n = len(self.rows) if self.order is None else len(self.order)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -68,19 +73,23 @@ class CachedBatches:
         batches = list(order.split(self.batch_size))
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
+        # this process's share of each batch: (start, batch size); the whole batch on one process
+        parts = [(self.dist.shard(len(b))[0], len(b)) for b in batches]
+        batches = [b[slice(*self.dist.shard(len(b)))] for b in batches]
         # host-resident images bound for a GPU: gather the next batch while this one computes
         prefetch = self.store.pin and len(batches) > 1
         pool = ThreadPoolExecutor(1) if prefetch else None
         try:
             pending = pool.submit(self.store.gather, rows[batches[0]]) if pool else None
             for k, idx in enumerate(batches):
+                part = parts[k]
                 if pool is not None:
                     x = pending.result()
                     if k + 1 < len(batches):
                         pending = pool.submit(self.store.gather, rows[batches[k + 1]])
                 else:
                     x = self.store.gather(rows[idx])
-                yield self.transform(x, aug_gen), idx
+                yield self.transform(x, aug_gen, part), idx
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -144,7 +153,10 @@ class Pipeline:
         cache_size: int | None = None,
         progress: bool = False,
         sampler: str = "uniform",
+        dist: Dist = SINGLE,
     ):
+        """`dist`: under torchrun, training batches are global and each process takes its share;
+        evaluation splits the images between the processes."""
         if kind not in PIPELINES:
             raise UserError(f"dataset.pipeline={kind!r}; use one of {PIPELINES}")
         self.kind = kind
@@ -156,6 +168,7 @@ class Pipeline:
         self.cache_size = cache_size
         self.progress = progress
         self.sampler = sampler
+        self.dist = dist
         self.stores: dict[str, ImageStore] = {}
         if kind == "cached":
             self.train_tf = BatchTrain(size, mean, std, **augmentation, memory_format=memory_format)
@@ -183,19 +196,35 @@ class Pipeline:
         self, split: Split, train: bool, batch_size: int, seed: int = 0
     ) -> CachedBatches | FilesBatches:
         """Training batches are ordered by the sampler and augmented from `seed`; eval batches keep
-        file order."""
-        # a trailing training batch of one breaks BatchNorm on tiny feature maps: drop that sample
-        drop_last = train and len(split) % batch_size == 1
+        file order. `global_sizes` on the result: each batch's size over all processes."""
+        d = self.dist
+        # a trailing training batch of one sample breaks BatchNorm on tiny feature maps, and under
+        # torchrun every process needs a sample: drop a tail shorter than that
+        drop_last = train and 0 < len(split) % batch_size < max(2, d.world)
         tf = self.train_tf if train else self.eval_tf
         order = epoch_order(split.labels, seed, self.sampler) if train else None
+        if not train and d.enabled:  # evaluation: each process a contiguous part of the split
+            order = torch.arange(*d.shard(len(split)))
+        n = len(split) if order is None else len(order)
+        sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+        if drop_last:
+            sizes.pop()
         if self.kind == "cached":
-            return CachedBatches(
-                self.store(split.source), split.rows, tf, batch_size, order, seed, drop_last
-            )
-        return FilesBatches(
+            batches = CachedBatches(self.store(split.source), split.rows, tf, batch_size, order,
+                                    seed, drop_last, d if train else SINGLE)  # fmt: skip
+            batches.global_sizes = sizes
+            return batches
+        if train and d.enabled:  # this process's share of each global batch, in order
+            if drop_last:
+                order = order[: len(order) - len(order) % batch_size]
+            order = torch.cat([b[slice(*d.shard(len(b)))] for b in order.split(batch_size)])
+            batch_size, drop_last = batch_size // d.world, False
+        batches = FilesBatches(
             split, tf, batch_size, self.device, self.memory_format, self.num_workers, order, seed,
             drop_last,
         )  # fmt: skip
+        batches.global_sizes = sizes
+        return batches
 
 
 def resolve_workers(setting: int | str, device: torch.device) -> int:
@@ -215,6 +244,7 @@ def build_pipeline(
     memory_format: torch.memory_format,
     cache_dir: Path,
     progress: bool = False,
+    dist: Dist = SINGLE,
 ) -> Pipeline:
     """The dataset config's pipeline (checkpoints from before `dataset.pipeline` get `cached`)."""
     aug = dcfg.augmentation
@@ -232,4 +262,5 @@ def build_pipeline(
         dcfg.get("cache_size"),
         progress,
         dcfg.get("sampler", "uniform"),
+        dist,
     )

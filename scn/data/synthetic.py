@@ -55,8 +55,32 @@ def expression_params(rng: np.random.Generator, label: int) -> np.ndarray:
     return params
 
 
-def render_face(rng: np.random.Generator, label: int, size: int = 100) -> Image.Image:
-    """Draw one face; all randomness comes from `rng`."""
+# the face geometry every demo face shares; an identity (identity_traits) replaces these values
+DEFAULT_GEOMETRY = {"eye_dx": 0.42, "eye_y": 0.18, "eye_w": 0.27, "brow_gap": 0.24,
+                    "nose_len": 0.2, "mouth_y": 0.5}  # fmt: skip
+
+
+def identity_traits(rng: np.random.Generator) -> dict:
+    """One identity's fixed face: width, height ratio, skin tone, feature colour and geometry."""
+    return {
+        "rx": rng.uniform(0.34, 0.42),
+        "ry_ratio": rng.uniform(1.05, 1.35),
+        "skin": np.clip(SKIN_TONES[rng.integers(len(SKIN_TONES))] + rng.normal(0, 12, 3), 0, 255),
+        "dark": rng.uniform(10, 90, 3),
+        "eye_dx": rng.uniform(0.34, 0.5),
+        "eye_y": rng.uniform(0.1, 0.26),
+        "eye_w": rng.uniform(0.2, 0.33),
+        "brow_gap": rng.uniform(0.18, 0.32),
+        "nose_len": rng.uniform(0.12, 0.3),
+        "mouth_y": rng.uniform(0.42, 0.6),
+    }
+
+
+def render_face(
+    rng: np.random.Generator, label: int, size: int = 100, identity: dict | None = None
+) -> Image.Image:
+    """Draw one face; all randomness comes from `rng`. `identity` (identity_traits) fixes the face's
+    proportions, skin tone and feature colour; without it they are drawn from `rng` (the demo set)."""
     s = size * 2  # supersample, then downscale for smooth edges
     bg = tuple(int(v) for v in rng.uniform(30, 225) + rng.normal(0, 15, 3))
     img = Image.new("RGB", (s, s), bg)
@@ -66,16 +90,24 @@ def render_face(rng: np.random.Generator, label: int, size: int = 100) -> Image.
     ry = rx * rng.uniform(1.1, 1.3)
     skin = SKIN_TONES[rng.integers(len(SKIN_TONES))] + rng.normal(0, 8, 3)
     skin_rgb = tuple(int(v) for v in np.clip(skin, 0, 255))
+    g = DEFAULT_GEOMETRY
+    if identity is not None:  # the draws above still happen, so the rng stream keeps its order
+        g = identity
+        rx = s * identity["rx"]
+        ry = rx * identity["ry_ratio"]
+        skin_rgb = tuple(int(v) for v in identity["skin"])
     d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=skin_rgb)
     curve, opening, width, brow_angle, brow_height, eye_open = expression_params(rng, label)
     dark = tuple(int(v) for v in rng.uniform(10, 60, 3))
+    if identity is not None:
+        dark = tuple(int(v) for v in identity["dark"])
 
-    eye_y = cy - ry * 0.18
-    eye_w = rx * 0.27
+    eye_y = cy - ry * g["eye_y"]
+    eye_w = rx * g["eye_w"]
     eye_h = eye_w * 0.55 * eye_open
-    brow_base = eye_y - ry * (0.24 + 0.13 * brow_height)
+    brow_base = eye_y - ry * (g["brow_gap"] + 0.13 * brow_height)
     for side in (-1, 1):
-        ex = cx + side * rx * 0.42
+        ex = cx + side * rx * g["eye_dx"]
         d.ellipse([ex - eye_w, eye_y - eye_h, ex + eye_w, eye_y + eye_h], fill=(245, 245, 245))
         pr = min(eye_h, eye_w * 0.45)
         d.ellipse([ex - pr, eye_y - pr, ex + pr, eye_y + pr], fill=dark)
@@ -83,12 +115,16 @@ def render_face(rng: np.random.Generator, label: int, size: int = 100) -> Image.
         outer = (cx + side * rx * 0.65, brow_base + ry * 0.14 * brow_angle)
         d.line([inner, outer], fill=dark, width=max(2, int(s * 0.055)))
     d.line(
-        [(cx, cy - ry * 0.05), (cx - rx * 0.06, cy + ry * 0.2), (cx + rx * 0.04, cy + ry * 0.2)],
+        [
+            (cx, cy - ry * 0.05),
+            (cx - rx * 0.06, cy + ry * g["nose_len"]),
+            (cx + rx * 0.04, cy + ry * g["nose_len"]),
+        ],
         fill=tuple(int(v * 0.8) for v in skin_rgb),
         width=max(1, int(s * 0.012)),
     )
 
-    mouth_y = cy + ry * 0.5
+    mouth_y = cy + ry * g["mouth_y"]
     half_w = rx * 0.45 * max(width, 0.3)
     u = np.linspace(-1, 1, 21)
     amp = ry * 0.2 * curve
@@ -175,6 +211,53 @@ def ensure_synthetic(
             os.rename(tmp / "data", root)
         except OSError:
             if not (root / RAFDB_LABEL_FILE).is_file():  # lost a race to a finished writer: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+IDENTITY_STREAM = 2  # rng streams [seed, 0] / [seed, 1] draw the demo's train / test faces
+
+
+def write_identities(root: Path, identities: int, images_per_identity: int, image_size: int,
+                     seed: int) -> None:  # fmt: skip
+    """root/<identity>/<image>.jpg: each identity a fixed face (identity_traits) shown with random
+    expressions, poses and lighting, from rng streams disjoint from the demo's faces."""
+    for ident in range(identities):
+        traits = identity_traits(np.random.default_rng([seed, IDENTITY_STREAM, ident]))
+        folder = root / f"id{ident:05d}"
+        folder.mkdir(parents=True)
+        for k in range(images_per_identity):
+            rng = np.random.default_rng([seed, IDENTITY_STREAM, ident, k + 1])
+            label = int(rng.integers(7))
+            render_face(rng, label, image_size, traits).save(folder / f"{k:04d}.jpg", quality=92)
+
+
+def ensure_identities(cache_dir: Path | str, identities: int, images_per_identity: int,
+                      image_size: int, seed: int) -> Path:  # fmt: skip
+    """The generated identity folders under cache_dir/synthetic_identities, written once (in a
+    temp folder renamed into place, like ensure_synthetic)."""
+    settings = dict(identities=identities, images_per_identity=images_per_identity,
+                    image_size=image_size, seed=seed)  # fmt: skip
+    base = Path(cache_dir).expanduser() / "synthetic_identities"
+    root = base / settings_key(**settings)
+    done = root / "settings.json"
+    if done.is_file():
+        return root
+    base.mkdir(parents=True, exist_ok=True)
+    log.info("generating %d synthetic faces of %d identities into %s",
+             identities * images_per_identity, identities, root)  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=base))
+    try:
+        write_identities(tmp / "data", **settings)
+        (tmp / "data" / "settings.json").write_text(
+            json.dumps({"generator_version": GENERATOR_VERSION, **settings}, indent=1)
+        )
+        try:
+            os.rename(tmp / "data", root)
+        except OSError:
+            if not done.is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

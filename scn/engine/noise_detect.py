@@ -59,6 +59,7 @@ class SampleScores:
     def __init__(self) -> None:
         self.seen: torch.Tensor | None = None
         self.wrong = self.loss = self.alpha = None
+        self.stamp: torch.Tensor | None = None  # when each position was last recorded (-1: never)
 
     def record(
         self,
@@ -67,21 +68,46 @@ class SampleScores:
         clean: torch.Tensor,
         logits: torch.Tensor,
         alpha: torch.Tensor | None,
+        stamp: int = 0,
     ) -> None:
         """A step's samples at positions `idx`: `labels` the ones trained with, `clean` the whole
         train set's clean reference, `logits` the ones trained on (SCN's alpha-weighted logits), so
-        the loss is the per-sample CE the step optimised."""
+        the loss is the per-sample CE the step optimised. `stamp`: increasing over the epoch's steps
+        and distinct between processes, so merging processes keeps each position's latest record."""
         if self.seen is None:
-            self.seen = torch.zeros(len(clean), dtype=torch.bool, device=clean.device)
-            self.wrong = torch.zeros_like(self.seen)
-            self.loss = torch.zeros(len(clean), device=clean.device)
+            self._allocate(len(clean), clean.device)
         self.seen[idx] = True
+        self.stamp[idx] = stamp
         self.wrong[idx] = labels != clean[idx]
         self.loss[idx] = F.cross_entropy(logits.detach().float(), labels, reduction="none")
         if alpha is not None:
             if self.alpha is None:
                 self.alpha = torch.zeros_like(self.loss)
             self.alpha[idx] = alpha.detach().float()
+
+    def _allocate(self, n: int, device: torch.device) -> None:
+        self.seen = torch.zeros(n, dtype=torch.bool, device=device)
+        self.wrong = torch.zeros_like(self.seen)
+        self.loss = torch.zeros(n, device=device)
+        self.stamp = torch.full((n,), -1, dtype=torch.long, device=device)
+
+    def merge(self, dist, n: int, device: torch.device, has_alpha: bool) -> None:
+        """Under torchrun: every process ends with the whole epoch's records (`n` positions), each
+        position's from the process that recorded it last."""
+        if not dist.enabled:
+            return
+        if self.seen is None:  # nothing recorded here (a resumed epoch with no step left)
+            self._allocate(n, device)
+        if has_alpha and self.alpha is None:
+            self.alpha = torch.zeros_like(self.loss)
+        latest = dist.all_reduce_(self.stamp.clone(), "max")
+        mine = (self.stamp == latest) & (latest >= 0)
+        for name in ("wrong", "loss", "alpha"):
+            t = getattr(self, name)
+            if t is not None:
+                merged = dist.all_reduce_(torch.where(mine, t.float(), 0.0))
+                setattr(self, name, merged.bool() if t.dtype == torch.bool else merged)
+        self.stamp, self.seen = latest, latest >= 0
 
     def metrics(self) -> dict[str, float]:
         """The epoch's detection figures; empty when no label in use was wrong. The AUC is left out
@@ -104,7 +130,7 @@ class SampleScores:
         return {k: v for k, v in zip(keys, read[1:], strict=True) if v == v}  # nan: undefined
 
     def state_dict(self) -> dict[str, Any]:
-        names = ("seen", "wrong", "loss", "alpha")
+        names = ("seen", "wrong", "loss", "alpha", "stamp")
         return {k: getattr(self, k).cpu() for k in names if getattr(self, k) is not None}
 
     @classmethod
@@ -112,6 +138,8 @@ class SampleScores:
         s = cls()
         for k, v in state.items():
             setattr(s, k, v.to(device))
+        if s.stamp is None and s.seen is not None:  # saved before stamps: one earlier step
+            s.stamp = torch.where(s.seen, 0, -1)
         return s
 
 

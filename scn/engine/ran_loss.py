@@ -8,18 +8,20 @@ import torch.nn as nn
 from scn.engine.state import DeviceSums
 
 
-def region_biased_loss(mu: torch.Tensor, margin: float) -> torch.Tensor:
+def region_biased_loss(mu: torch.Tensor, margin: float, reduction: str = "mean") -> torch.Tensor:
     """RB = mean over the batch of max(0, margin - (max_{i>=1} mu_i - mu_0)): some crop should
-    weigh more than the whole face (region 0) by at least `margin`."""
+    weigh more than the whole face (region 0) by at least `margin`. `reduction="sum"`: the sum."""
     gap = mu[:, 1:].max(dim=1).values - mu[:, 0]
-    return torch.clamp(margin - gap, min=0.0).mean()
+    hinge = torch.clamp(margin - gap, min=0.0)
+    return hinge.sum() if reduction == "sum" else hinge.mean()
 
 
 def rb_term(mu: torch.Tensor | None, ran) -> torch.Tensor | float:
-    """What RAN adds to the loss: ran.rb_weight * RB in fp32; 0 for models without regions."""
+    """What RAN adds to the loss, summed over the batch: ran.rb_weight * RB * B in fp32 (the step
+    divides by the global batch); 0 for models without regions."""
     if mu is None:
         return 0.0
-    return ran.rb_weight * region_biased_loss(mu.float(), ran.margin)
+    return ran.rb_weight * region_biased_loss(mu.float(), ran.margin, "sum")
 
 
 def ran_sum_keys(model: nn.Module) -> tuple[str, ...]:

@@ -25,13 +25,16 @@ class RRStats:
     high_count: int
     low_sum: torch.Tensor
     low_count: int
+    low: torch.Tensor | None = None  # (B,) bool: which of the batch's samples are in the low group
 
 
 def rank_regularization(alpha: torch.Tensor, beta: float, margin_1: float) -> RRStats:
     """RR = max(0, margin_1 - (mean(alpha_high) - mean(alpha_low))); 0 when a group is empty."""
     high, low = split_groups(alpha, beta)
     a = alpha.detach()
-    stats = RRStats(alpha.new_zeros(()), a[high].sum(), len(high), a[low].sum(), len(low))
+    in_low = torch.zeros_like(a, dtype=torch.bool)
+    in_low[low] = True
+    stats = RRStats(alpha.new_zeros(()), a[high].sum(), len(high), a[low].sum(), len(low), in_low)
     if len(high) and len(low):
         gap = alpha[high].mean() - alpha[low].mean()
         stats.rr = torch.clamp(margin_1 - gap, min=0.0)

@@ -96,17 +96,36 @@ class EpochProgress:
             "samples": self.samples.state_dict(),
         }
 
+    def reduce(self, dist, n: int, has_alpha: bool) -> None:
+        """Under torchrun, once per epoch (or before saving a stopped one): every process ends with
+        the global sums, counts, per-sample records (`n` train images) and alphas. The relabel
+        changes are global already (exchanged every step)."""
+        if not dist.enabled:
+            return
+        dist.all_reduce_(self.sums.values)
+        counts = torch.tensor([self.high_count, self.low_count], dtype=torch.long)
+        self.high_count, self.low_count = dist.all_reduce_(counts).tolist()
+        self.samples.merge(dist, n, self.sums.values.device, has_alpha)
+        mine = torch.cat(self.alphas).cpu() if self.alphas else torch.zeros(0)
+        self.alphas = [torch.cat(dist.gather_objects(mine)).to(self.sums.values.device)]
+
     @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
+    def from_state(
+        cls, state: dict[str, Any], device: torch.device, main: bool = True
+    ) -> EpochProgress:
+        """`main`: under torchrun only rank 0 takes the saved sums, counts, records and alphas (the
+        epoch's end adds the processes' up); every process takes the relabel changes."""
         extra = tuple(state.get("sum_keys", SUM_KEYS))[len(SUM_KEYS) :]
         p = cls.start(int(state["epoch"]), device, extra)
+        p.batches = int(state["batches"])
+        if state["changes"] is not None:
+            p.changes.append(state["changes"].to(device))
+        if not main:
+            return p
         if state.get("samples"):
             p.samples = SampleScores.from_state(state["samples"], device)
         p.sums.values = state["sums"].to(device=device, dtype=torch.float64)
-        p.batches = int(state["batches"])
         p.high_count, p.low_count = int(state["high_count"]), int(state["low_count"])
         if state["alphas"] is not None:
             p.alphas.append(state["alphas"].to(device))
-        if state["changes"] is not None:
-            p.changes.append(state["changes"].to(device))
         return p

@@ -18,12 +18,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from scn.config import RelabelScope, hydra_choices, instantiate, to_container
 from scn.data.datasets import Split, load_dataset
 from scn.data.pipeline import build_pipeline
+from scn.engine import distributed
 from scn.engine.accel import resolve_accel
-from scn.engine.checkpoint import save_checkpoint
+from scn.engine.checkpoint import CheckpointWriter, checkpoint_every, host_copy, last_due
 from scn.engine.evaluate import metrics_from_confusion, predict_confusion
 from scn.engine.guard import Preempted, StopSignals, check_finite
 from scn.engine.ran_loss import add_ran_sums, ran_row, ran_sum_keys
-from scn.engine.scn_loss import relabel, split_groups
+from scn.engine.scn_loss import relabel
 from scn.engine.state import (
     DeviceSums,
     EpochProgress,
@@ -32,12 +33,13 @@ from scn.engine.state import (
     seed_everything,
     set_rng_states,
 )
-from scn.engine.step import train_step
+from scn.engine.step import StepResult, train_step
 from scn.engine.summary import log_train_summary, relabel_rows, train_summary
+from scn.engine.timing import RunClock, preload_images
 from scn.errors import UserError
-from scn.models.backbones import Preprocessing, create_backbone, resolve_preprocessing
+from scn.models.backbones import create_backbone
 from scn.models.ran import build_model
-from scn.models.weights import load_pretrained
+from scn.models.weights import initial_weights
 from scn.runtime import resolve_device
 from scn.tracking.local import relabel_csv, write_json, write_metrics, write_text_atomic
 
@@ -58,43 +60,40 @@ class Trainer:
             )
         self.cfg = cfg
         self.output_dir = Path(output_dir)
-        self.device = resolve_device(cfg.trainer.device)
+        self.dist = distributed.current()  # rank and world under torchrun; world 1 otherwise
+        self.device = resolve_device(distributed.device_for(cfg.trainer.device, self.dist))
+        distributed.check_batch(cfg.trainer.batch_size, self.dist)
+        self.clock = RunClock(self.device)  # start-up's parts, then each epoch's phases
+        self.writer = CheckpointWriter()  # checkpoints are written off the training loop
+        self.checkpoint_every = checkpoint_every(cfg.trainer)
         self.progress = bool(cfg.trainer.progress)
         seed_everything(cfg.trainer.seed)
 
         self.data = self.load_data()
+        self.clock.startup_lap("data")
         self.class_names = self.data.class_names
         self.num_classes = len(self.class_names)
         backbone = create_backbone(cfg.backbone)
         self.model = self.build_model(backbone)
         self.ran_keys = ran_sum_keys(self.model)  # RAN's epoch statistics; () without RAN
-        if state is not None:
-            pre = state["preprocessing"]
-            self.preprocessing = Preprocessing(
-                pre["input_size"], tuple(pre["mean"]), tuple(pre["std"])
-            )
-        else:
-            implied = None
-            if cfg.backbone.weights:
-                report = load_pretrained(
-                    self.model,
-                    cfg.backbone.weights,
-                    cfg.backbone.weights_strict,
-                    cfg.backbone.weights_unsafe,
-                )
-                implied = report.preprocessing
-            self.preprocessing = resolve_preprocessing(
-                cfg.backbone, cfg.dataset.image_size, backbone, implied
-            )
+        # a resumed run keeps its preprocessing; else backbone.weights' implied one, or the config's
+        saved = state["preprocessing"] if state is not None else None
+        self.preprocessing = initial_weights(self.model, backbone, cfg, saved)
         log.info("preprocessing: %s", self.preprocessing)
-        self.accel = resolve_accel(cfg.trainer, self.device, cfg.trainer.batch_size)
+        self.accel = resolve_accel(cfg.trainer, self.device, cfg.trainer.batch_size // self.dist.world,
+                                   self.dist.enabled)  # fmt: skip
         log.info("model step: %s", self.accel.describe())
         self.memory_format = self.accel.memory_format
         self.model.to(self.device, memory_format=self.memory_format)
-        self.forward = self.accel.compiled(self.model)  # self.model keeps the state_dict keys
+        # self.model keeps the state_dict keys; compiled code is cached under paths.cache_dir
+        self.forward = self.accel.compiled(
+            distributed.parallel(self.model, self.dist, self.device, cfg.trainer.get("sync_bn")),
+            Path(str(cfg.paths.cache_dir)).expanduser(),
+        )
         self.scaler = self.accel.grad_scaler()
         self.optimizer = instantiate(cfg.optimizer)(params=self.model.parameters())
         self.scheduler = instantiate(cfg.scheduler)(optimizer=self.optimizer)
+        self.clock.startup_lap("model")
 
         train = self.data.train
         # the labels in use: one tensor indexed by dataset position, edited by relabeling
@@ -124,23 +123,19 @@ class Trainer:
             self.memory_format,
             Path(str(cfg.paths.cache_dir)).expanduser(),
             self.progress,
+            self.dist,
         )
+        preload_images(self.pipeline, [train])  # decoded now: start-up's data time holds it
+        self.clock.startup_lap("data")
         for note in self.data.notes:
             log.info(note)
-        log.info(
-            "%s: %d train / %s val / %d test images from %s; %s at %d px on %s (%s pipeline)",
-            cfg.dataset.name,
-            len(train),
-            len(self.data.val) if self.data.val else 0,
-            len(self.data.test),
-            self.data.root,
-            cfg.backbone.name,
-            pre.input_size,
-            self.device,
-            self.pipeline.kind,
-        )
+        val = len(self.data.val) if self.data.val else 0
+        log.info(f"{cfg.dataset.name}: {len(train)} train / {val} val / {len(self.data.test)} test "
+                 f"images from {self.data.root}; {cfg.backbone.name} at {pre.input_size} px on "
+                 f"{self.device} ({self.pipeline.kind} pipeline)")  # fmt: skip
         if state is not None:
             self.load_state_dict(state)
+        self.clock.startup_lap("model")
 
     # ------------------------------------------------- what a task changes
     # A task (pretraining, ...) subclasses Trainer and overrides these; the loop stays one.
@@ -162,6 +157,11 @@ class Trainer:
         row = self.evaluate(self.data.val, "val") if self.data.val is not None else {}
         row.update(self.evaluate(self.data.test, "test"))
         return row
+
+    def record_samples(self, p: EpochProgress, idx, y, logits, alpha) -> None:
+        """Per-sample scores for noise detection (a task with huge logits may skip them)."""
+        stamp = p.batches * 65536 + self.dist.rank  # the latest record wins a merge (any world)
+        p.samples.record(idx, y, self.clean_labels, logits, alpha, stamp)
 
     def write_run_files(self) -> None:
         """Files beside summary.json at the end of the run."""
@@ -215,14 +215,19 @@ class Trainer:
         self.relabel_log = [list(e) for e in state.get("relabel_log", [])]
         self.choices = state.get("choices", {})
         if state.get("partial"):
-            self.resume_at = EpochProgress.from_state(state["partial"], self.device)
+            self.resume_at = EpochProgress.from_state(state["partial"], self.device, self.dist.main)
         set_rng_states(state["rng"])
 
     def save(self, name: str, partial: EpochProgress | None = None) -> None:
+        """Copy the state to host memory and queue it for the background writer (`fit` waits for
+        the write before it returns or raises)."""
+        start = time.perf_counter()
         state = self.state_dict()
         if partial is not None:  # the position inside an interrupted epoch
             state["partial"] = partial.state_dict()
-        save_checkpoint(self.output_dir / name, state)
+        if self.dist.main:  # torchrun: one process writes, the others hold the same state
+            self.writer.submit(self.output_dir / name, host_copy(state))
+        self.clock.add("checkpoint", time.perf_counter() - start)
         if name == "last.pt":
             self.last_good = str(self.output_dir / name)
 
@@ -246,17 +251,18 @@ class Trainer:
         bar = tqdm(todo, total=len(batches), initial=p.batches, desc=f"epoch {epoch}",
                    leave=False, disable=not self.progress)  # fmt: skip
         for x, idx in bar:
+            global_n = batches.global_sizes[p.batches]  # this process holds its share of it
             idx = idx.to(self.device, non_blocking=True)
             y = self.labels[idx]
-            out, loss, ce, rr = self.step(x, y)
-
+            r = self.step(x, y, global_n)
+            out, rr = r.out, r.rr
             n = len(idx)
             logits = out.logits.detach()
             sums.add("n", n)
-            sums.add("loss", loss.detach().double() * n)
-            sums.add("ce", ce.detach().double() * n)
+            sums.add("loss", r.loss_sum.double())
+            sums.add("ce", r.ce_sum.double())
             sums.add("correct", (logits.argmax(1) == y).sum())
-            p.samples.record(idx, y, self.clean_labels, logits, out.alpha)  # before relabeling
+            self.record_samples(p, idx, y, logits, out.alpha)  # before relabeling
             add_ran_sums(sums, out.mu, cfg.get("ran"))  # nothing without RAN
             if scn.enabled:
                 sums.add("rr", rr.rr.detach().double() * n)
@@ -265,14 +271,17 @@ class Trainer:
                 p.high_count += rr.high_count
                 p.low_count += rr.low_count
             if relabeling:
-                new = self._relabel(logits, out.alpha, y, idx, sums)
-                changes.append(torch.stack([idx, y, new]))
+                changes.append(self._relabel(logits, rr, y, idx, sums, global_n))
             if out.alpha is not None:  # a copy: compiled graphs may reuse their output buffers
                 alphas.append(out.alpha.detach().float().clone())
             p.batches += 1
-            if self.stop.received:  # a Python attribute set by the signal handler: no sync
+            # a Python attribute set by the signal handler (no sync); under torchrun the processes
+            # agree over Gloo on the host, so all stop after the same step
+            if self.dist.any(bool(self.stop.received)):
                 self.resume_at = p
                 return None
+        p.reduce(self.dist, len(self.labels), self.dist.any(bool(alphas)))  # torchrun: global
+        alphas = p.alphas
 
         self.epoch_alphas = torch.cat(alphas).cpu() if alphas else torch.zeros(0)
         if changes:
@@ -307,27 +316,30 @@ class Trainer:
         row.update(ran_row(totals, self.ran_keys))  # ran/rb, ran/face_top, ran/mu_<i>
         return row
 
-    def step(self, x: torch.Tensor, y: torch.Tensor):
+    def step(self, x: torch.Tensor, y: torch.Tensor, global_n: int) -> StepResult:
+        """One optimisation step on this process's share `x`, `y` of a global batch of `global_n`."""
         return train_step(self.forward, self.optimizer, self.accel, self.scaler, self.cfg.scn, x, y,
-                          self.cfg.get("ran"))  # fmt: skip
+                          self.cfg.get("ran"), self.dist, global_n)  # fmt: skip
 
-    def _relabel(self, logits, alpha, y, idx, sums: DeviceSums) -> torch.Tensor:
-        """Apply the relabel rule to this batch, audit it against the clean reference (counts in
-        `sums`), and return the batch's labels after the rule."""
+    def _relabel(self, logits, rr, y, idx, sums: DeviceSums, global_n: int) -> torch.Tensor:
+        """Apply the relabel rule to this batch (the low group from `rr` when relabel_scope=low),
+        audit it against the clean reference (counts in `sums`), and return (position, old, new)
+        rows. Under torchrun the processes exchange their changes, so every one holds the labels
+        a single process would."""
         scn = self.cfg.scn
-        candidates = None
-        if scn.relabel_scope == RelabelScope.low:
-            _, low = split_groups(alpha, scn.beta)
-            candidates = torch.zeros_like(y, dtype=torch.bool)
-            candidates[low] = True
+        candidates = rr.low if scn.relabel_scope == RelabelScope.low else None
         new = relabel(logits, y, scn.margin_2, candidates)
         changed = new != y
         clean = self.clean_labels[idx]
         sums.add("relabeled", changed.sum())
         sums.add("fixed", (changed & (y != clean) & (new == clean)).sum())
         sums.add("broken", (changed & (y == clean) & (new != clean)).sum())
+        if self.dist.enabled:
+            sizes = self.dist.sizes(global_n)
+            idx, new = (self.dist.all_gather_cat(t, sizes) for t in (idx, new))
+            y = self.labels[idx]
         self.labels[idx] = new
-        return new
+        return torch.stack([idx, y, new])
 
     def evaluate(self, split: Split, prefix: str) -> dict[str, Any]:
         cm = predict_confusion(  # eager: compiling eval shapes would cost more than it saves
@@ -341,6 +353,7 @@ class Trainer:
             desc=prefix,
             autocast=self.accel.autocast,
         )
+        self.dist.all_reduce_(cm)  # torchrun: each process counted its part of the split
         return metrics_from_confusion(cm, self.class_names, prefix)
 
     def fit(self, tracker) -> dict[str, Any]:
@@ -352,29 +365,43 @@ class Trainer:
                 f"the checkpoint already completed epoch {self.epoch}; raise trainer.epochs to go on"
             )
         epochs = range(self.epoch + 1, cfg.trainer.epochs + 1)
-        # log lines print above the bars instead of through them
-        with logging_redirect_tqdm(), self.stop:
-            for epoch in tqdm(epochs, desc="epochs", disable=not self.progress):
-                self._fit_epoch(epoch, tracker, selected_on)
+        self.clock.watch_first_step(self, self.accel.compile)  # its end ends start-up
+        try:
+            # log lines print above the bars instead of through them
+            with logging_redirect_tqdm(), self.stop:
+                for epoch in tqdm(epochs, desc="epochs", disable=not self.progress):
+                    self._fit_epoch(epoch, tracker, selected_on)
+        except BaseException:
+            self.writer.wait(raise_error=False)  # no write is lost; the first error is raised
+            raise
+        final_wait = self.writer.wait()
         summary = self.summary(selected_on)
-        write_json(self.output_dir / "summary.json", summary)
-        self.write_run_files()
+        summary.update(self.clock.totals(self.history, self.writer.write_s, final_wait))
+        if self.dist.main:  # torchrun: rank 0 writes the run's files
+            write_json(self.output_dir / "summary.json", summary)
+            self.write_run_files()
         return summary
 
     def _fit_epoch(self, epoch: int, tracker, selected_on: str) -> None:
         """Train one epoch, evaluate, select, record and checkpoint."""
         cfg = self.cfg
-        keep = cfg.trainer.checkpoints
+        keep, clock = cfg.trainer.checkpoints, self.clock
+        clock.begin_epoch()
         start = time.perf_counter()
         row = self.train_epoch(epoch)
+        clock.phase("train", start)
         if row is None:  # a stop signal: keep the position inside the epoch, then stop
             partial = self.resume_at
+            partial.reduce(self.dist, len(self.labels), self.dist.any(bool(partial.alphas)))
             self._check_finite(epoch, partial.sums.read()["loss"])
             self.save("last.pt", partial)
+            self.writer.wait()  # on disk before the message names it
             raise Preempted(self.stop.name, f"after step {partial.batches} of epoch {epoch}",
                             self.last_good, self.output_dir)  # fmt: skip
         self._check_finite(epoch, row["train/loss"])
+        start = time.perf_counter()
         row.update(self.evaluate_epoch())
+        clock.phase("eval", start)
         self.scheduler.step()
         self.epoch = epoch
         self.history.append(row)
@@ -382,17 +409,21 @@ class Trainer:
         improved = self.best is None or score > self.best["score"]
         if improved:
             self.best = {"epoch": epoch, "score": score}
-        write_metrics(self.output_dir / "metrics.jsonl", self.history)
-        tracker.log(row, alphas=self.epoch_alphas)
         if keep == "best_and_last" and improved:
             self.save("best.pt")
         # a stop signal after the epoch's last step (evaluation, checkpoints): the last epoch finishes
-        stopping = bool(self.stop.received) and epoch < cfg.trainer.epochs
-        if keep in ("last", "best_and_last") or stopping:
+        stopping = self.dist.any(bool(self.stop.received)) and epoch < cfg.trainer.epochs
+        due = last_due(epoch, self.checkpoint_every, cfg.trainer.epochs)
+        if (keep in ("last", "best_and_last") and due) or stopping:
             self.save("last.pt")
+        row.update(clock.end_epoch(self.writer.write_s))  # time/* (the checkpoints hold it later)
+        if self.dist.main:
+            write_metrics(self.output_dir / "metrics.jsonl", self.history)
+        tracker.log(row, alphas=self.epoch_alphas)
         log.info("epoch %d/%d  %s  (%.1fs)", epoch, cfg.trainer.epochs, self.epoch_line(row),
-                 time.perf_counter() - start)  # fmt: skip
+                 row["time/epoch_s"])  # fmt: skip
         if stopping:
+            self.writer.wait()
             raise Preempted(self.stop.name, f"after epoch {epoch}", self.last_good, self.output_dir)
 
     def _check_finite(self, epoch: int, loss: float) -> None:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from scn.errors import UserError
+from scn.models.backbones import Preprocessing, resolve_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,11 @@ def filter_imagenet(obj: dict, model: nn.Module) -> tuple[dict, list[str]]:
     return _split_off(sd, _classifier_prefixes(model) or ("fc.",))
 
 
+def filter_backbone(obj: dict, model: nn.Module) -> tuple[dict, list[str]]:
+    """This project's `backbone.pth` (task=pretrain): the backbone's own names, nothing to drop."""
+    return dict(obj["state_dict"]), []
+
+
 def filter_scn(obj: dict, model: nn.Module) -> tuple[dict, list[str]]:
     """This project's checkpoints: the backbone is `backbone.*`; heads are handled by the caller."""
     sd = {k[len("backbone.") :]: v for k, v in obj["model"].items() if k.startswith("backbone.")}
@@ -114,6 +120,7 @@ def filter_scn(obj: dict, model: nn.Module) -> tuple[dict, list[str]]:
 
 FILTERS: dict[str, Filter] = {
     "scn": filter_scn,
+    "backbone": filter_backbone,
     "scn_msceleb": filter_scn_msceleb,
     "msceleb": filter_msceleb,
     "arcface": filter_arcface,
@@ -130,6 +137,8 @@ def detect_format(obj: Any, path: Path) -> str:
         )
     if "model" in obj and "config" in obj and "version" in obj:
         return "scn"
+    if set(obj) == {"state_dict", "preprocessing"}:  # task=pretrain's backbone.pth
+        return "backbone"
     if isinstance(obj.get("state_dict"), dict):
         keys = list(obj["state_dict"])
         if any(k.startswith("module.feature.") for k in keys):
@@ -190,7 +199,9 @@ def load_pretrained(
     }
     model.backbone.load_state_dict(usable, strict=False)
     report.loaded = len(usable)
-    if fmt == "scn":
+    if fmt == "backbone":  # the preprocessing it was pretrained with
+        report.preprocessing = dict(obj["preprocessing"])
+    elif fmt == "scn":
         heads = {k[len("head.") :]: v for k, v in obj["model"].items() if k.startswith("head.")}
         own = model.head.state_dict()
         if heads.keys() == own.keys() and all(heads[k].shape == own[k].shape for k in own):
@@ -210,3 +221,18 @@ def load_pretrained(
         "; heads loaded too" if report.heads_loaded else "",
     )
     return report
+
+
+def initial_weights(model: nn.Module, backbone: nn.Module, cfg, saved: dict | None = None):
+    """A training run's starting point: `saved` preprocessing (a resumed run's, whose checkpoint
+    then replaces the weights), or `backbone.weights` loaded into `model` with the preprocessing
+    the file implies, else the config's and the backbone's. Returns the Preprocessing."""
+    if saved is not None:
+        return Preprocessing(saved["input_size"], tuple(saved["mean"]), tuple(saved["std"]))
+    implied = None
+    b = cfg.backbone
+    if b.weights:
+        implied = load_pretrained(
+            model, b.weights, b.weights_strict, b.weights_unsafe
+        ).preprocessing
+    return resolve_preprocessing(b, cfg.dataset.image_size, backbone, implied)

@@ -147,7 +147,9 @@ class WandbTracker:
             for key in ("selected_on", "split"):
                 if key in summary:
                     self.run.summary[key] = summary[key]
-        if trainer is not None and trainer.history:
+        # confusion tables and galleries are for expression classifiers (not task=pretrain)
+        expressions = getattr(trainer, "job_type", "train") == "train"
+        if trainer is not None and trainer.history and expressions:
             self._log_tables(trainer)
             if self.log_images and exit_code == 0:  # scn.inspect's galleries, once per run
                 self._log_galleries(trainer.history[-1]["epoch"])

@@ -21,7 +21,14 @@ from scn.errors import UserError
 Reader = Callable[[DictConfig, Path], DatasetFiles]
 
 
-FORMATS = ("rafdb", "affectnet", "ferplus", "fer2013", "folder")  # module names in this package
+FORMATS = (
+    "rafdb",
+    "affectnet",
+    "ferplus",
+    "fer2013",
+    "folder",
+    "identities",
+)  # module names in this package
 
 
 def get_reader(fmt: str) -> Reader:
