@@ -35,6 +35,7 @@ RESUME_OVERRIDABLE = (
     "trainer.epochs",
     "trainer.device",
     "trainer.progress",
+    "trainer.checkpoint_every",
     "dataset.num_workers",
     "logger",
     "paths",
@@ -97,8 +98,8 @@ def resume_config(
     if conflicts:
         raise UserError(
             f"resuming from {cfg.ckpt_path} takes its config from the checkpoint, but the command "
-            f"line changes {', '.join(conflicts)}. Only trainer.epochs, trainer.device, logger.*, "
-            "paths.* and the speed settings (trainer.precision, channels_last, compile, "
+            f"line changes {', '.join(conflicts)}. Only trainer.epochs, trainer.device, "
+            "trainer.checkpoint_every, logger.*, paths.* and the speed settings (trainer.precision, channels_last, compile, "
             "cuda_graphs, dataset.pipeline) may change on resume; start a new run otherwise"
         )
     merged = OmegaConf.create(saved)
