@@ -163,13 +163,15 @@ def test_torchrun_run_writes_one_set_of_files_and_resumes_in_one_process(tmp_pat
     assert [r["epoch"] for r in history] == [1, 2]
 
 
-def test_a_bad_dataset_path_fails_every_process_with_the_path(tmp_path, cache_dir):
+def test_a_bad_dataset_path_fails_the_job_with_the_path(tmp_path, cache_dir):
     missing = tmp_path / "no-such-rafdb"
     args = ["dataset=rafdb", f"dataset.root={missing}", "logger=none", "hydra.run.dir=out"]
     proc = torchrun([str(ROOT / "run.py"), *args], tmp_path, cache_dir)
     assert proc.returncode != 0
     message = f"dataset root not found: {missing}"
-    assert proc.stderr.count(message) == 2, proc.stderr[-3000:]  # each rank names the path
+    # the first rank to fail names the path; torchrun then stops the other (which may or may not
+    # have printed the same message by then)
+    assert proc.stderr.count(message) >= 1, proc.stderr[-3000:]
     assert f'File "{ROOT / "scn"}' not in proc.stderr  # a message, not our traceback
 
 
