@@ -183,13 +183,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
+# what run.py does for each `task`: the training tasks are their loops
 TASKS = {
-    "train": train,
     "eval": evaluate,
-    "pretrain": partial(train, trainer_class=PretrainTrainer),
+    **{name: partial(train, trainer_class=loop) for name, loop in LOOPS.items()},
 }
 DEFAULT_METRIC = "test/acc"  # conf/config.yaml's optimized_metric
-TASK_METRIC = {"pretrain": "verify/acc"}  # returned when optimized_metric is left at the default
 
 
 def main(cfg: DictConfig) -> float:
@@ -201,8 +200,8 @@ def main(cfg: DictConfig) -> float:
     finally:
         release_job_resources()
     metric = cfg.optimized_metric
-    if metric == DEFAULT_METRIC and metric not in summary:  # e.g. a resumed pretraining run
-        metric = next((m for m in TASK_METRIC.values() if m in summary), metric)
+    if metric == DEFAULT_METRIC and metric not in summary:  # a task selecting on another split
+        metric = f"{summary.get('selected_on')}/acc"  # pretraining: verify/acc
     if metric not in summary:
         raise UserError(
             f"optimized_metric={metric!r} is not in the summary; "
