@@ -201,20 +201,27 @@ def ensure_synthetic(
     base.mkdir(parents=True, exist_ok=True)
     n = 7 * (train_per_class + test_per_class)
     log.info("generating %d synthetic faces into %s", n, root)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=base))
+    _write_once(root, RAFDB_LABEL_FILE, write_synthetic, settings)
+    return root
+
+
+def _write_once(root: Path, marker: str, write, settings: dict) -> None:
+    """`write(folder, **settings)` into a temp folder beside `root`, then rename it into place, so
+    no reader sees a half-written set; `marker` (a file under root) tells that a concurrent writer
+    finished first, which is fine."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        write_synthetic(tmp / "data", **settings)
+        write(tmp / "data", **settings)
         (tmp / "data" / "settings.json").write_text(
             json.dumps({"generator_version": GENERATOR_VERSION, **settings}, indent=1)
         )
         try:
             os.rename(tmp / "data", root)
         except OSError:
-            if not (root / RAFDB_LABEL_FILE).is_file():  # lost a race to a finished writer: fine
+            if not (root / marker).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return root
 
 
 IDENTITY_STREAM = 2  # rng streams [seed, 0] / [seed, 1] draw the demo's train / test faces
@@ -248,17 +255,5 @@ def ensure_identities(cache_dir: Path | str, identities: int, images_per_identit
     base.mkdir(parents=True, exist_ok=True)
     log.info("generating %d synthetic faces of %d identities into %s",
              identities * images_per_identity, identities, root)  # fmt: skip
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=base))
-    try:
-        write_identities(tmp / "data", **settings)
-        (tmp / "data" / "settings.json").write_text(
-            json.dumps({"generator_version": GENERATOR_VERSION, **settings}, indent=1)
-        )
-        try:
-            os.rename(tmp / "data", root)
-        except OSError:
-            if not done.is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _write_once(root, done.name, write_identities, settings)
     return root

@@ -103,10 +103,6 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
 
 class _GatherWithGrad(torch.autograd.Function):
     """All ranks' rows, with the gradient of the whole (rank-identical) objective flowing back to

@@ -43,8 +43,7 @@ class PretrainTrainer(Trainer):
     """The training loop with identities as classes, a margin head, and verification as the
     per-epoch evaluation."""
 
-    job_type = "pretrain"
-    selection_metric = "acc"  # verify/acc
+    job_type = "pretrain"  # selects on verify/acc (selected_on() + the inherited "acc")
 
     def __init__(self, cfg: DictConfig, output_dir: Path, state: dict[str, Any] | None = None):
         super().__init__(pretrain_config(cfg), output_dir, state)
