@@ -4,7 +4,7 @@ PYTHON ?= python
 .PHONY: install demo test lint format
 
 .install.stamp: pyproject.toml
-	$(PYTHON) -m pip install -e ".[dev,optuna,slurm]"
+	$(PYTHON) -m pip install -e ".[dev,faces,optuna,slurm]"
 	touch $@
 
 install: .install.stamp
