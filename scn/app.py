@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import time
 import traceback
 from functools import partial
@@ -21,7 +21,7 @@ from scn.engine.guard import Preempted
 from scn.engine.pretrain import PretrainTrainer
 from scn.engine.trainer import Trainer
 from scn.errors import JobFailed, UserError
-from scn.runtime import release_job_resources
+from scn.runtime import release_job_resources, restart_reason
 from scn.tracking.wandb_run import NullTracker, build_tracker
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ RESUME_OVERRIDABLE = (
     "trainer.device",
     "trainer.progress",
     "trainer.checkpoint_every",
+    "trainer.checkpoint_steps",
+    "trainer.auto_resume",
     "dataset.num_workers",
     "logger",
     "paths",
@@ -99,7 +101,7 @@ def resume_config(
         raise UserError(
             f"resuming from {cfg.ckpt_path} takes its config from the checkpoint, but the command "
             f"line changes {', '.join(conflicts)}. Only trainer.epochs, trainer.device, "
-            "trainer.checkpoint_every, logger.*, paths.* and the speed settings (trainer.precision, channels_last, compile, "
+            "trainer.checkpoint_every, trainer.auto_resume, logger.*, paths.* and the speed settings (trainer.precision, channels_last, compile, "
             "cuda_graphs, dataset.pipeline) may change on resume; start a new run otherwise"
         )
     merged = OmegaConf.create(saved)
@@ -112,11 +114,30 @@ def resume_config(
     return merged
 
 
-def requeued(output_dir: Path) -> bool:
-    """A job SLURM requeued (preemption, node failure, `scontrol requeue`) runs its command again
-    in the same directory: it resumes from the last.pt it left there."""
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-    return restarts > 0 and (output_dir / "last.pt").is_file()
+def resume_source(cfg: DictConfig, output_dir: Path) -> tuple[Any, str | None]:
+    """What this run resumes from (a checkpoint or run directory, or None) and why it resumes from
+    its own directory (None otherwise). A restarted run (torchrun restarting its worker group, SLURM
+    requeueing the job, or any start with trainer.auto_resume=true: scn.runtime.restart_reason)
+    runs the same command in the same directory: it resumes from the newest last.pt it left there,
+    or, with none yet, starts over there (from `ckpt_path` when given). Otherwise `ckpt_path`."""
+    reason = restart_reason(bool(cfg.trainer.get("auto_resume", False)))
+    if reason is None:
+        return cfg.ckpt_path, None
+    remove_stray_temp_files(output_dir)  # a write the previous start did not finish
+    if (output_dir / "last.pt").is_file():
+        return output_dir, reason
+    again = f"resuming {cfg.ckpt_path} again" if cfg.ckpt_path else "starting over"
+    log.info("%s: no last.pt in %s yet, %s", reason, output_dir, again)
+    return cfg.ckpt_path, None
+
+
+def finished_summary(state: dict[str, Any], cfg: DictConfig, output_dir: Path) -> dict | None:
+    """The summary of a run that had already finished when it was started again (a restarted
+    multirun goes past its finished jobs), or None while epochs remain."""
+    summary = output_dir / "summary.json"
+    if state["epoch"] < cfg.trainer.epochs or state.get("partial") or not summary.is_file():
+        return None
+    return json.loads(summary.read_text())
 
 
 # the loop each training task runs: a checkpoint resumes with the loop that wrote it
@@ -129,7 +150,7 @@ def train(cfg: DictConfig, trainer_class: type[Trainer] = Trainer) -> dict[str, 
     output_dir = Path(str(cfg.paths.output_dir))
     output_dir.mkdir(parents=True, exist_ok=True)
     state = None
-    source = output_dir if requeued(output_dir) else cfg.ckpt_path
+    source, restarted = resume_source(cfg, output_dir)
     if source:
         ckpt_file = resume_file(source)
         remove_stray_temp_files(ckpt_file.parent)  # a write the previous job did not finish
@@ -143,8 +164,13 @@ def train(cfg: DictConfig, trainer_class: type[Trainer] = Trainer) -> dict[str, 
             trainer_class, cfg.task = LOOPS[saved_task], saved_task
         inside = state.get("partial")
         where = f"at step {inside['batches']} of epoch {inside['epoch']}" if inside else ""
-        log.info("resuming %s %s", ckpt_file, where or f"after epoch {state['epoch']}")
-    trainer = trainer_class(cfg, output_dir, state)
+        where = where or f"after epoch {state['epoch']}"
+        log.info("%sresuming %s %s", f"{restarted}: " if restarted else "", ckpt_file, where)
+        done = finished_summary(state, cfg, output_dir) if restarted else None
+        if done is not None:
+            log.info("%s had finished all %d epochs: nothing to do", output_dir, state["epoch"])
+            return done
+    trainer = trainer_class.for_config(cfg)(cfg, output_dir, state)
     trainer.clock.started_at(started)
     tracker = (  # torchrun: rank 0 logs the run
         build_tracker(cfg, output_dir, run_id=trainer.run_id, job_type=trainer.job_type)
@@ -201,7 +227,8 @@ def main(cfg: DictConfig) -> float:
         release_job_resources()
     metric = cfg.optimized_metric
     if metric == DEFAULT_METRIC and metric not in summary:  # a task selecting on another split
-        metric = f"{summary.get('selected_on')}/acc"  # pretraining: verify/acc
+        # pretraining: verify/acc; distillation: distill/cos
+        metric = summary.get("selected_metric") or f"{summary.get('selected_on')}/acc"
     if metric not in summary:
         raise UserError(
             f"optimized_metric={metric!r} is not in the summary; "

@@ -17,6 +17,16 @@ settings, as images/s and as a step cost relative to SCN's.
 ResNet-18 at 224 px on CUDA; 1,024 images with ResNet-10-T at 48 px on a CPU), `--e2e-epochs` epochs,
 twice with one cache folder: cold (empty decoded-image and compile caches, as a sweep's first job) and
 warm (as its later jobs and resumed runs), with the runs' `time/*` phase split.
+
+    python -m scn.bench --faces demo       # only the raw-photo measurement (or --faces DIR)
+
+`--faces` times faces in photos instead: detect + align + classify (`scn.predict --detect`) in
+faces/s with its split, and `scn.align` with 1 and 2 workers (see scn/facebench.py).
+
+    python -m scn.bench --backbones inception_resnet_v1:160 resnet18:224   # step rate per backbone
+
+`--backbones` times only SCN training steps (cached pipeline, the same batch) of each backbone at its
+own input side, e.g. FaceNet's InceptionResnetV1 at its native 160 px next to ResNet-18 at 224.
 """
 
 from __future__ import annotations
@@ -37,15 +47,18 @@ import torch
 from omegaconf import OmegaConf
 
 from scn.cli import run_cli
-from scn.config import RANConfig, SCNConfig
+from scn.config import EACConfig, MethodConfig, RANConfig, RULConfig, SCNConfig
 from scn.data.datasets import DataBundle, load_dataset
 from scn.data.pipeline import Pipeline
 from scn.data.synthetic import ensure_synthetic
 from scn.engine.accel import resolve_accel
+from scn.engine.distributed import SINGLE
+from scn.engine.state import step_seed
 from scn.engine.step import train_step
 from scn.errors import UserError
+from scn.methods import build_method
+from scn.methods.base import StepContext
 from scn.models.backbones import create_backbone
-from scn.models.ran import build_model
 from scn.runtime import resolve_device
 from scn.tracking.local import read_metrics
 
@@ -114,15 +127,19 @@ def train_rate(
     data: DataBundle,
     args: argparse.Namespace,
     device: torch.device,
-    ran: bool = False,
+    method: str = "scn",
 ) -> tuple[float, dict[str, Any]]:
-    """Images/s of full SCN (or, with `ran`, SCN+RAN with the default crops) training steps fed by
-    `pipe` over one epoch: `args.warmup` steps (worker start-up, compilation, CUDA-graph capture),
-    then `args.train_batches` timed full batches."""
+    """Images/s of full training steps of `method` (SCN by default; scn_ran with the released
+    crops) fed by `pipe` over one epoch: `args.warmup` steps (worker start-up, compilation,
+    CUDA-graph capture), then `args.train_batches` timed full batches."""
     torch.manual_seed(0)
+    node = {"eac": EACConfig, "rul": RULConfig}.get(method, MethodConfig)(name=method)
     cfg = OmegaConf.create({"scn": OmegaConf.structured(SCNConfig),
-                            "ran": OmegaConf.structured(RANConfig(enabled=ran))})  # fmt: skip
-    model = build_model(create_backbone(OmegaConf.create({"name": args.backbone})), 7, cfg)
+                            "ran": OmegaConf.structured(RANConfig),
+                            "method": OmegaConf.structured(node),
+                            "backbone": {"name": args.backbone}})  # fmt: skip
+    steps = build_method(cfg)
+    model = steps.build_model(create_backbone(cfg.backbone), 7)
     accel = resolve_accel(OmegaConf.create({}), device, args.batch)
     model.to(device, memory_format=accel.memory_format).train()
     forward = accel.compiled(model)
@@ -135,7 +152,8 @@ def train_rate(
         if k == args.warmup:
             sync(device)
             start = time.perf_counter()
-        train_step(forward, optimizer, accel, scaler, cfg.scn, x, labels[idx.to(device)], cfg.ran)
+        ctx = StepContext(SINGLE, len(x), 1, step_seed(0, k), device)
+        train_step(forward, optimizer, accel, scaler, steps, x, labels[idx.to(device)], ctx)
         if k >= args.warmup:
             timed += 1
             if timed == args.train_batches:
@@ -205,14 +223,56 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "timed_batches": args.train_batches,
                 **settings,
             }
-            # SCN+RAN: the whole face and the 5 default crops batched through one backbone call
-            scn_ran, _ = train_rate(pipeline("cached", data, size, device, mf, 0, cache), data,
-                                    args, device, ran=True)  # fmt: skip
-            result["train"]["scn_ran_cached"] = round(scn_ran, 1)
-            result["train"]["scn_ran_step_cost"] = round(cached / scn_ran, 2)  # x SCN's step
-            log.info("SCN+RAN (6 regions) %.1f img/s, SCN %.1f img/s: a step costs %.2fx SCN's",
-                     scn_ran, cached, cached / scn_ran)  # fmt: skip
+            # the other methods on the cached pipeline, each step's cost relative to SCN's; SCN+RAN:
+            # the whole face and the 7 released crops batched through one backbone call
+            for other in ("scn_ran", "eac", "rul"):
+                rate, _ = train_rate(pipeline("cached", data, size, device, mf, 0, cache), data,
+                                     args, device, method=other)  # fmt: skip
+                result["train"][f"{other}_cached"] = round(rate, 1)
+                result["train"][f"{other}_step_cost"] = round(cached / rate, 2)  # x SCN's step
+                log.info("%s %.1f img/s, SCN %.1f img/s: a step costs %.2fx SCN's",
+                         other, rate, cached, cached / rate)  # fmt: skip
     return result
+
+
+def backbone_spec(text: str) -> tuple[str, int]:
+    """`NAME:SIZE` of --backbones, e.g. inception_resnet_v1:160."""
+    name, _, size = text.rpartition(":")
+    if not name or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:SIZE, e.g. resnet18:224")
+    return name, int(size)
+
+
+def backbone_rates(args: argparse.Namespace) -> dict[str, Any]:
+    """SCN training-step images/s of each --backbones NAME:SIZE on the cached pipeline, same batch
+    and timing as the default measurement's training figures."""
+    device = resolve_device(args.device)
+    mf = resolve_accel(OmegaConf.create({}), device, args.batch).memory_format
+    result: dict[str, Any] = {"device": device_name(device), "torch": torch.__version__,
+                              "batch_size": args.batch, "backbones": {}}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="scn-bench-", dir=args.workdir) as tmp:
+        folder = Path(tmp)
+        data = make_data(folder, (args.warmup + args.train_batches + 1) * args.batch)
+        cache = folder / "cache"
+        pipeline("cached", data, 48, device, mf, 0, cache).store("train")
+        for name, size in args.backbones:
+            one = argparse.Namespace(**{**vars(args), "backbone": name})
+            rate, settings = train_rate(pipeline("cached", data, size, device, mf, 0, cache), data,
+                                        one, device)  # fmt: skip
+            result["backbones"][f"{name}:{size}"] = {
+                "images_per_s": round(rate, 1), "timed_batches": args.train_batches, **settings
+            }  # fmt: skip
+            log.info("%s at %d px: %.1f img/s (SCN training step, batch %d)", name, size, rate,
+                     args.batch)  # fmt: skip
+    return result
+
+
+def backbones_table(result: dict[str, Any]) -> str:
+    lines = [f"device: {result['device']} (torch {result['torch']})",
+             f"SCN train step, batch {result['batch_size']}, cached pipeline",
+             f"{'backbone:size':<28}{'img/s':>10}"]  # fmt: skip
+    lines += [f"{k:<28}{r['images_per_s']:>10.1f}" for k, r in result["backbones"].items()]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- whole runs
@@ -291,8 +351,14 @@ def e2e_table(result: dict[str, Any]) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
+    if "backbones" in result:
+        return backbones_table(result)
     if "e2e" in result:
         return e2e_table(result)
+    if "faces" in result:
+        from scn.facebench import faces_table
+
+        return faces_table(result)
     lines = [f"device: {result['device']} (torch {result['torch']})",
              f"{'what':<28}{'per-sample':>12}{'cached':>12}{'ratio':>8}"]  # fmt: skip
     for size, r in result["pipeline"].items():
@@ -364,6 +430,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--e2e-epochs", type=int, default=3, help="epochs of each --e2e run")
     p.add_argument(
+        "--faces",
+        metavar="DIR",
+        default=None,
+        help="only the raw-photo measurement on the photos of DIR ('demo': generated ones)",
+    )
+    p.add_argument(
+        "--faces-model", default=None, help="--faces: classify with this checkpoint or export"
+    )
+    p.add_argument(
+        "--backbones",
+        nargs="+",
+        type=backbone_spec,
+        default=None,
+        metavar="NAME:SIZE",
+        help="only the SCN train step rate of each backbone at its input side, same batch",
+    )
+    p.add_argument(
         "--workdir", default=None, help="where the temp data goes (default: system temp)"
     )
     args = p.parse_args(argv)
@@ -385,7 +468,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    result = e2e(args) if args.e2e else run(args)
+    if args.faces:
+        from scn.facebench import faces_bench
+
+        device = resolve_device(args.device)
+        result = {"device": device_name(device), "torch": torch.__version__,
+                  "faces": faces_bench(args.faces, device, args.backbone, args.faces_model,
+                                       args.workdir, args.batch)}  # fmt: skip
+    elif args.backbones:
+        result = backbone_rates(args)
+    else:
+        result = e2e(args) if args.e2e else run(args)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     log.info("\n%s\nresults written to %s", table(result), Path(args.out).resolve())
     return result

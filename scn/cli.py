@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import datetime
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from scn.errors import JobFailed, UserError
@@ -51,16 +53,24 @@ def hydra_cli(hydra_main: Callable[[], Any]) -> int:
             raise
         code, message = 2, "\n".join(str(x) for x in (e, e.__cause__) if x is not None)
     except Exception as e:
-        if not failed_jobs():
+        problem = os_error_in(e)  # Hydra's job setup: the run directory, .hydra/, the log file
+        if problem is not None and not full_error:
+            code, message = 2, run_dir_error(problem)
+        elif not failed_jobs():
             raise
-        code, message = 1, f"the sweep stopped: {type(e).__name__}: {e}"
+        else:
+            code, message = 1, f"the sweep stopped: {type(e).__name__}: {e}"
     finally:
         if not full_error:
             os.environ.pop("HYDRA_FULL_ERROR", None)
     failed = failed_jobs()
     if failed:
         lines = [f"{len(failed)} job(s) of the multirun failed:"]
-        lines += [f"  {job}: {error}  (see {job}/error.txt)" for job, error in failed]
+        lines += [
+            f"  {job}: {error}"
+            + (f"  (see {job}/error.txt)" if (job / "error.txt").is_file() else "")
+            for job, error in failed
+        ]
         message = "\n".join([*lines, message] if message else lines)
         code = code or 1
     if message:
@@ -70,8 +80,9 @@ def hydra_cli(hydra_main: Callable[[], Any]) -> int:
 
 def _join_torchrun_job() -> None:
     """Under torchrun: join the process group before Hydra composes, so every rank names the run
-    directory from rank 0's start time; ranks other than 0 write no `.hydra/` and no log file
-    (their warnings and errors still reach the terminal)."""
+    directory from the job's start time (rank 0's, kept across torchrun's restarts) and every rank
+    knows whether this worker group restarts the job; ranks other than 0 write no `.hydra/` and no
+    log file (their warnings and errors still reach the terminal)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return  # (checked before importing torch, which a plain run loads only for its job)
     from scn.engine import distributed
@@ -79,11 +90,136 @@ def _join_torchrun_job() -> None:
     d = distributed.init()
     atexit.register(distributed.close)
     import scn.config
+    from scn import runtime
 
-    scn.config.set_run_start(distributed.start_time())
+    start, restart = d.broadcast_object(_torchrun_attempt() if d.main else None)
+    scn.config.set_run_start(start)
+    runtime.set_elastic_restart(restart)
     if not d.main:
         sys.argv += [
             "hydra.output_subdir=null",
             "hydra/job_logging=worker",
             "hydra/hydra_logging=worker",
         ]
+
+
+RUN_START_KEY = "scn/{}/run_start"  # in torchrun's agent store, per TORCHELASTIC_RUN_ID
+ATTEMPT_KEY = "scn/{}/attempts"
+
+
+def _torchrun_attempt() -> tuple[datetime.datetime, str | None]:
+    """Rank 0: the job's start time, and why this worker group restarts the job (None for its
+    first group).
+
+    torchrun restarts a failed worker group (`--max-restarts`) with the same command; the new group
+    must find the first group's run directory, which `${run_start:...}` names from the start time.
+    The elastic agent serves one TCP store for the whole job at MASTER_ADDR:MASTER_PORT (when it
+    sets TORCHELASTIC_USE_AGENT_STORE=True, torch's default), reachable from every node and kept
+    across restarts for as long as the job's rendezvous lives; no other job sees it. Rank 0 of the
+    first group stores its start time there, and rank 0 of every group counts itself, so a later
+    group reads the first start back and knows it restarts the job, also where torchrun does not
+    count the restart (TORCHELASTIC_RESTART_COUNT stays 0 on the nodes that a membership change
+    restarts). The caller broadcasts rank 0's answer, so all nodes agree. A file would be weaker:
+    its place would depend on the directory it is meant to find, nodes may not share a file
+    system, and `--rdzv-id` (TORCHELASTIC_RUN_ID) defaults to "none" for every c10d job. Without
+    the agent's store (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1), TORCHELASTIC_RESTART_COUNT > 0 tells
+    a restart, which then finds the first group's directory only when hydra.run.dir names it.
+    """
+    now = datetime.datetime.now()
+    count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    counted = f"TORCHELASTIC_RESTART_COUNT={count}"
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    store = _agent_store()
+    if store is not None:
+        try:
+            attempt = store.add(ATTEMPT_KEY.format(run_id), 1)
+            first = store.compare_set(RUN_START_KEY.format(run_id), "", now.isoformat())
+            start = datetime.datetime.fromisoformat(first.decode())
+        except (RuntimeError, ValueError) as e:  # DistStoreError is a RuntimeError
+            log.warning("torchrun's agent store did not answer (%s)", e)
+        else:
+            return start, (f"torchrun attempt {attempt} ({counted})" if attempt > 1 else None)
+    if count == 0:
+        return now, None
+    log.warning(
+        "torchrun restart %d: without torchrun's agent store this attempt cannot find the first "
+        "one's start time, so a run directory named from it (the default hydra.run.dir) is a new "
+        "one; set hydra.run.dir to resume across restarts",
+        count,
+    )
+    return now, f"torchrun restart {count} ({counted})"
+
+
+def _agent_store() -> Any:
+    """A client of the TCP store torchrun's elastic agent serves for the job, or None."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_PORT" not in os.environ:
+        return None
+    from torch.distributed import TCPStore
+
+    try:
+        return TCPStore(os.environ.get("MASTER_ADDR", "localhost"), int(os.environ["MASTER_PORT"]),
+                        is_master=False, timeout=datetime.timedelta(seconds=60))  # fmt: skip
+    except (RuntimeError, ValueError) as e:
+        log.warning("cannot reach torchrun's agent store (%s)", e)
+        return None
+
+
+# ------------------------------------------------------------------ output directories
+def os_error_in(e: BaseException) -> OSError | None:
+    """The OSError `e` is or was raised from (logging's dictConfig wraps a log file's in a
+    ValueError), or None."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def unwritable(e: OSError) -> str:
+    """Why a path cannot be made or written, in words: the file that stands where a folder of
+    the path should be, or the system's reason (permission denied, read-only, no space left)."""
+    if not e.filename:
+        return e.strerror or str(e)
+    path = Path(os.path.abspath(os.fsdecode(e.filename)))
+    for p in (path, *path.parents):
+        if p.is_symlink() or p.exists():
+            if not p.is_dir():
+                return f"{p} is a file, not a folder"
+            break
+    return f"{path}: {e.strerror or e}"
+
+
+def run_dir_error(e: OSError) -> str:
+    """The one line for a run directory Hydra could not set up."""
+    return (
+        f"cannot create or write the run directory: {unwritable(e)}. hydra.run.dir (with -m: "
+        "hydra.sweep.dir) must name a folder that can be created and written; choose another "
+        "or clear the path"
+    )
+
+
+def make_output_dir(path: Path | str, option: str = "--out") -> Path:
+    """Create the folder `option` names (and check it can be written) before any work is done,
+    or raise a UserError that says why not, instead of an OSError's traceback at the end."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(13, "no permission to write there", str(path))
+    except OSError as e:
+        raise UserError(
+            f"{option} {path}: cannot create or write it ({unwritable(e)}); pass an {option} "
+            "whose folders can be created and written"
+        ) from e
+    return path
+
+
+def check_output_file(path: Path | str, option: str = "--out") -> Path:
+    """`make_output_dir` for the folder of a file `option` names; a folder there is refused."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; pass the name of the file to write")
+    make_output_dir(path.parent, option)
+    return path

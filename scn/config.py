@@ -1,4 +1,5 @@
-"""Config schemas for the `scn` and `ran` groups and the single `instantiate` entry point."""
+"""Config schemas for the `method`, `scn`, `ran` and `pretrain` groups and the single
+`instantiate` entry point."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import hydra.utils
 from hydra.core.config_store import ConfigStore
-from omegaconf import Container, DictConfig, OmegaConf
+from omegaconf import MISSING, Container, DictConfig, OmegaConf
 
 
 class RelabelScope(str, Enum):
@@ -27,9 +28,10 @@ RRScope = Enum("RRScope", {"global": "global", "local": "local"}, type=str)
 
 @dataclass
 class SCNConfig:
-    """Typed `scn` group: a typo (`scn.margn_1`) or a wrong type fails when the config is composed."""
+    """Typed `scn` group: a typo (`scn.margn_1`) or a wrong type fails when the config is composed.
+    `enabled` is the switch `method=` replaced: left null; set, the run stops naming the option."""
 
-    enabled: bool = True
+    enabled: bool | None = None
     beta: float = 0.7
     margin_1: float = 0.07
     margin_2: float = 0.2
@@ -55,23 +57,71 @@ class PretrainConfig:
     scale: float = 64.0
     margin: float | None = None  # None: 0.5 for arcface, 0.35 for cosface, 0 for softmax
     embedding_dim: int = 512
-
-
-def _default_crops() -> list[list[float]]:
-    """The four corner boxes and a centred box, each 0.75 of the side."""
-    return [[0.0, 0.0, 0.75, 0.75], [0.25, 0.0, 1.0, 0.75], [0.0, 0.25, 0.75, 1.0],
-            [0.25, 0.25, 1.0, 1.0], [0.125, 0.125, 0.875, 0.875]]  # fmt: skip
+    teacher: str | None = None  # distil a teacher's embeddings instead (facenet_casia)
 
 
 @dataclass
 class RANConfig:
-    """Typed `ran` group (Region Attention Networks): typos and wrong types fail at compose time."""
+    """Typed `ran` group (Region Attention Networks): typos and wrong types fail at compose time.
+    `enabled`: replaced by `method=ran` / `method=scn_ran` (see SCNConfig)."""
 
-    enabled: bool = False
-    crops: list[Any] = field(default_factory=_default_crops)  # boxes checked by scn.models.ran
+    enabled: bool | None = None
+    crops: Any = "released"  # a named set (scn.methods.ran.CROP_SETS) or boxes, checked there
     region_size: int | None = None
+    face_size: int | None = None
     margin: float = 0.02
     rb_weight: float = 1.0
+
+
+@dataclass
+class BackboneConfig:
+    """The keys every `backbone` option shares (each option file sets `name` and says what the
+    model implies); typed, so `backbone.weigths=...` fails at compose time."""
+
+    name: str = MISSING  # a timm model name (this project registers iresnet*, inception_resnet_v1)
+    # a local pretrained file (format detected from its content: SCN MS-Celeb, msceleb, arcface,
+    # ImageNet, this project's checkpoint or backbone.pth, a FaceNet .pb graph) or a registered
+    # name (facenet_casia); null = random init. Nothing is downloaded
+    weights: str | None = None
+    weights_strict: bool = (
+        True  # every backbone tensor must come from the file; false = load what matches
+    )
+    weights_unsafe: bool = False  # allow full unpickling of a trusted file weights_only refuses
+    input_size: int | None = (
+        None  # native input side; null = what the weights imply, else timm's config
+    )
+    mean: list[float] | None = None  # per-channel mean; null = what the weights imply, else timm's
+    std: list[float] | None = None  # per-channel std; null = what the weights imply, else timm's
+
+
+@dataclass
+class MethodConfig:
+    """A `method` option without hyper-parameters of its own (scn, baseline, ran, scn_ran: theirs
+    are in the `scn` and `ran` groups)."""
+
+    name: str = "scn"
+
+
+@dataclass
+class EACConfig:
+    """Typed `method=eac` (Erasing Attention Consistency)."""
+
+    name: str = "eac"
+    lam: float = 5.0
+    erasing_p: float = 0.5
+    erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.25])
+    erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3])
+
+
+@dataclass
+class RULConfig:
+    """Typed `method=rul` (Relative Uncertainty Learning)."""
+
+    name: str = "rul"
+    dim: int = 64
+    grid: int = 7
+    dropout: float = 0.4
+    fc_lr_mult: float = 1.0
 
 
 def register_configs() -> None:
@@ -79,6 +129,10 @@ def register_configs() -> None:
     ConfigStore.instance().store(group="scn", name="schema", node=SCNConfig)
     ConfigStore.instance().store(group="ran", name="schema", node=RANConfig)
     ConfigStore.instance().store(group="pretrain", name="schema", node=PretrainConfig)
+    # the method options' schemas live outside the `method` group, so `method=` lists methods only
+    for name, node in (("plain", MethodConfig), ("eac", EACConfig), ("rul", RULConfig)):
+        ConfigStore.instance().store(group="schema/method", name=name, node=node)
+    ConfigStore.instance().store(group="schema/backbone", name="base", node=BackboneConfig)
 
 
 register_configs()

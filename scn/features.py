@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scn.cli import run_cli
+from scn.cli import make_output_dir, run_cli
 from scn.inference import dataset_images, find_images, finish_report, iter_batches, load_any
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def export(source: str, inputs: str, out: str, backbone: str | None = None, split: str | None = None,
            batch_size: int = 64, device: str = "auto", dataset: str = "rafdb") -> int:  # fmt: skip
     """Write the features; returns the number of images exported."""
+    out_dir = make_output_dir(out)  # before any work
     lm = load_any(source, backbone, device)
     root = Path(inputs).expanduser()
     if split:
@@ -33,8 +34,6 @@ def export(source: str, inputs: str, out: str, backbone: str | None = None, spli
     else:
         images = find_images(root)
         labels = np.full(len(images), -1, dtype=np.int64)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     skipped: list = []
     feats, alphas, logits, mus, kept = [], [], [], [], []
     for batch in iter_batches(images, lm.transform, batch_size, skipped):

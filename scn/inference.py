@@ -19,9 +19,10 @@ from scn.data.sources import FileImages, ImageList
 from scn.data.transforms import EvalTransform
 from scn.engine.checkpoint import load_checkpoint
 from scn.errors import UserError
+from scn.methods import build_method
+from scn.methods.base import ModelOutput
+from scn.methods.scn import SCNModel
 from scn.models.backbones import Preprocessing, create_backbone, resolve_preprocessing
-from scn.models.ran import build_model
-from scn.models.scn_model import SCNModel, SCNOutput
 from scn.models.weights import load_pretrained
 from scn.runtime import resolve_device
 
@@ -34,7 +35,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 class LoadedModel:
     """A model ready for inference, with what it expects of its input and what it predicts."""
 
-    model: nn.Module  # SCNModel, or RANModel for RAN and SCN+RAN checkpoints
+    model: nn.Module  # the checkpoint's method's model (scn.methods)
     preprocessing: Preprocessing
     class_names: list[str]
     device: torch.device
@@ -46,18 +47,24 @@ class LoadedModel:
         return EvalTransform(p.input_size, p.mean, p.std)
 
     @torch.no_grad()
-    def __call__(self, batch: torch.Tensor) -> SCNOutput:
+    def __call__(self, batch: torch.Tensor) -> ModelOutput:
         self.model.eval()
         return self.model(batch.to(self.device))
 
 
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
-    """Load one of this project's checkpoints (best.pt / last.pt) for inference; the model (SCN,
-    baseline, RAN, SCN+RAN) is rebuilt from the config the checkpoint stores."""
+    """Load one of this project's checkpoints (best.pt / last.pt) for inference; the model is
+    rebuilt by the method the checkpoint's config names."""
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
     class_names = list(state["class_names"])
-    model = build_model(create_backbone(cfg.backbone), len(class_names), cfg)
+    if cfg.get("task") == "pretrain":
+        raise UserError(
+            f"{path} is a task=pretrain checkpoint (face identities); use its backbone.pth with "
+            "backbone.weights= in a training run"
+        )
+    method = build_method(cfg)
+    model = method.build_model(create_backbone(cfg.backbone), len(class_names))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

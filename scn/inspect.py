@@ -1,8 +1,8 @@
 """`python -m scn.inspect RUN_DIR`: see what a trained model found, as one self-contained page.
 
 From a checkpoint of any run (SCN or not) and the run's dataset (or one given on the command line):
-per class, the train images with the lowest and highest importance weight alpha (models without
-SCN: the highest and lowest loss of the label in use), the run's relabeled images with whether each
+per class, the train images the method's own noise score ranks most and least suspect (SCN:
+1 - alpha, RUL: its uncertainty; methods without a score: the loss of the label in use), the run's relabeled images with whether each
 change fixed or broke the label, the most confident test mistakes with the confusion matrix, and
 class activation maps over those mistakes. Writes `inspect.html` (every thumbnail embedded as a
 base64 data URI, so the page opens alone) and one PNG grid per section.
@@ -25,12 +25,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from scn.cli import run_cli
+from scn.cli import make_output_dir, run_cli
 from scn.data.datasets import Split, dataset_config, default_cache_dir, load_dataset
 from scn.engine.checkpoint import load_checkpoint
 from scn.errors import UserError
 from scn.inference import LoadedModel, finish_report, iter_batches, load_model
-from scn.models.scn_model import SCNModel
+from scn.methods import build_method
+from scn.models.backbones import feature_dim
 
 log = logging.getLogger(__name__)
 
@@ -62,27 +63,31 @@ class Section:
 
 @dataclass
 class Scores:
-    """One eval-mode pass over a split: per-image class probabilities and alpha (None without SCN)
-    at the readable positions `pos`."""
+    """One eval-mode pass over a split: per-image class probabilities and the method's noise score
+    (`score_name`; None for methods without one) at the readable positions `pos`."""
 
     pos: np.ndarray
     probs: np.ndarray
-    alpha: np.ndarray | None
+    score: np.ndarray | None
+    score_name: str | None = None
 
 
 @torch.no_grad()
 def score_split(lm: LoadedModel, split: Split, batch_size: int) -> Scores:
     skipped: list[tuple[str, str]] = []
-    pos, probs, alphas = [], [], []
+    method = build_method(lm.config)
+    pos, probs, values = [], [], []
     for batch in iter_batches(split.images, lm.transform, batch_size, skipped):
         out = lm(batch.images)
         pos += batch.indices
         probs.append(torch.softmax(out.logits.float(), 1).cpu())
-        if out.alpha is not None:
-            alphas.append(out.alpha.float().cpu())
+        score = method.noise_score(out)
+        if score is not None:
+            values.append(score.float().cpu())
     finish_report(len(split), skipped)
-    alpha = torch.cat(alphas).numpy() if alphas else None
-    return Scores(np.array(pos, dtype=np.int64), torch.cat(probs).numpy(), alpha)
+    score = torch.cat(values).numpy() if values else None
+    name = method.score_name if score is not None else None
+    return Scores(np.array(pos, dtype=np.int64), torch.cat(probs).numpy(), score, name)
 
 
 def class_activation_map(fmap: torch.Tensor, weight: torch.Tensor, cls: int) -> torch.Tensor:
@@ -94,15 +99,18 @@ def class_activation_map(fmap: torch.Tensor, weight: torch.Tensor, cls: int) -> 
 
 def cam_support(model: torch.nn.Module) -> str | None:
     """None when CAM applies to the model, else why not (shown on the page)."""
-    if not isinstance(model, SCNModel):
+    if getattr(model, "num_regions", 0):
         return f"{type(model).__name__} pools regions, not one feature map"
+    fc = getattr(model.head, "fc", None)
+    if fc is None or fc.in_features != feature_dim(model.backbone):
+        return f"{type(model).__name__}'s classifier does not see the pooled feature map"
     if not hasattr(model.backbone, "forward_features"):
         return "the backbone has no spatial feature map"
     return None
 
 
 @torch.no_grad()
-def feature_maps(model: SCNModel, x: torch.Tensor) -> torch.Tensor | None:
+def feature_maps(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     """The backbone's final feature map (B, C, H, W) when its pooled feature is that map's global
     average (ResNets and the like); None otherwise (VGG's hidden layer, IResNet's flattened 7x7)."""
     model.eval()
@@ -164,18 +172,13 @@ def _name(names: list[str], i: int) -> str:
 def gallery_sections(
     split: Split, labels: np.ndarray, clean: np.ndarray, scores: Scores, names: list[str], k: int
 ) -> list[Section]:
-    """Per class of the label in use, the k most and the k least suspect train images: by alpha
-    with SCN, by the loss of the label in use without."""
+    """Per class of the label in use, the k most and the k least suspect train images: by the
+    method's noise score (SCN: 1 - alpha), by the loss of the label in use without one."""
     p_label = scores.probs[np.arange(len(scores.pos)), labels[scores.pos]]
     loss = -np.log(np.clip(p_label, 1e-12, None))
-    if scores.alpha is not None:
-        value, what = scores.alpha, "alpha"
-        suspect = np.argsort(value, kind="stable")  # lowest alpha first
-    else:
-        value, what = loss, "loss"
-        suspect = np.argsort(-value, kind="stable")  # highest loss first
-    low_title = "lowest alpha" if what == "alpha" else "highest loss"
-    high_title = "highest alpha" if what == "alpha" else "lowest loss"
+    value, what = (scores.score, scores.score_name) if scores.score is not None else (loss, "loss")
+    suspect = np.argsort(-value, kind="stable")  # the most suspect first
+    low_title, high_title = f"highest {what}", f"lowest {what}"
     note = (
         "label = the label in use at this checkpoint; clean = the dataset's own label where it "
         f"differs. Ranked by {what} from one eval-mode pass over train."
@@ -333,7 +336,7 @@ def build_sections(
     )
     sections += [mistakes, cams]
     header = (
-        f"{path} (epoch {state['epoch']}, {'SCN' if train_scores.alpha is not None else 'no SCN'}, "
+        f"{path} (epoch {state['epoch']}, method {lm.config.method.name}, "
         f"{lm.config.backbone.name}) on {bundle.root}: {len(train)} train / {len(bundle.test)} "
         f"test images, {int((labels != train.clean_labels).sum())} train labels in use differ "
         "from the clean ones"
@@ -397,8 +400,9 @@ def inspect_run(
     device: str = "auto",
 ) -> Path:
     """Build the sections and write the page; returns the path of inspect.html."""
+    out = make_output_dir(out or run_dir / "inspect")  # before any work
     sections, cm, names, header = build_sections(run_dir, ckpt, per_class, data, dataset, device)
-    page = write_page(sections, cm, names, header, out or run_dir / "inspect")
+    page = write_page(sections, cm, names, header, out)
     log.info("%s written (%d images)", page, sum(len(s.tiles) for s in sections) + 1)
     return page
 

@@ -1,10 +1,14 @@
 """`python -m scn.report DIR [--out OUT]`: compare runs without W&B.
 
 Reads every run under DIR (a multirun folder or any folder of runs): `summary.json`,
-`metrics.jsonl` and `.hydra/overrides.yaml`. A configuration is a run's overrides without seed,
-logger, paths and Hydra keys; runs that differ only there are repetitions. Writes `report.md`,
-`report.csv`, PNG plots and one self-contained `report.html`. Jobs that failed (an `error.txt` in
-their folder) are listed in a section of their own.
+`metrics.jsonl` and `.hydra/` (`config.yaml`, `overrides.yaml`). Runs are grouped by method (from
+the run's config; runs from before the `method` group too) and by the other overrides that differ
+between them, without seed, logger, paths and Hydra keys: runs that differ only there are
+repetitions. Each group gets mean ± std over its repetitions of every evaluation rule (the selected
+epoch, the best, the last, the mean of the last five), for accuracy and mean per-class accuracy, and
+of the noise-detection AUC. Writes `report.md`, `report.csv` (every figure, mean and std in columns of
+their own), PNG plots and one self-contained `report.html`. Jobs that failed (an `error.txt` in their
+folder) are listed in a section of their own.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import functools
 import html
 import io
 import json
@@ -24,8 +29,10 @@ from pathlib import Path
 
 import yaml
 
-from scn.cli import run_cli
+from scn.cli import make_output_dir, run_cli
+from scn.engine.summary import rule_figures
 from scn.errors import UserError
+from scn.methods import METHODS, method_name
 from scn.sweep import ERROR_FILE, first_line
 from scn.tracking.local import read_metrics
 
@@ -33,21 +40,35 @@ log = logging.getLogger(__name__)
 
 IGNORED_PREFIXES = ("trainer.seed", "trainer.progress", "trainer.device", "logger", "paths", "hydra",
                     "ckpt_path", "dataset.num_workers")  # fmt: skip
-METRICS = [  # (column, summary key)
-    ("acc", "test/acc"),
-    ("mean_class_acc", "test/mean_class_acc"),
-    ("acc_best", "test/acc_best"),
-    ("acc_last", "test/acc_last"),
-    # noise detection at the last epoch (blank without wrong labels): 1 - alpha vs the loss
-    ("noise_auc", "scn/noise_auc"),
-    ("noise_prec", "scn/noise_precision"),
-    ("noise_auc_loss", "train/noise_auc_loss"),
-    ("noise_prec_loss", "train/noise_precision_loss"),
+# overrides that choose the method, shown as the method instead (the last two: before `method=`)
+METHOD_KEYS = ("method", "scn.enabled", "ran.enabled")
+# the order of the tables: the baseline first, as the reference
+METHOD_ORDER = ("baseline", *(m for m in METHODS if m != "baseline"), "pretrain")
+RULES = (("", "selected"), ("_best", "best"), ("_last", "last"), ("_last5", "last 5"))
+# (column, summary keys: today's name first, then older names of the same figure)
+METRICS: list[tuple[str, tuple[str, ...]]] = [
+    *((f"acc{s}", (f"test/acc{s}",)) for s, _ in RULES),
+    *((f"mean_class_acc{s}", (f"test/mean_class_acc{s}",)) for s, _ in RULES),
+    # noise detection at the last epoch (blank without wrong labels): the method's own score
+    # (SCN: 1 - alpha, RUL: uncertainty; blank for methods without one) and the training loss
+    ("noise_auc", ("noise/auc", "scn/noise_auc")),
+    ("noise_prec", ("noise/precision", "scn/noise_precision")),
+    ("noise_auc_loss", ("noise/auc_loss", "train/noise_auc_loss")),
+    ("noise_prec_loss", ("noise/precision_loss", "train/noise_precision_loss")),
     # task=pretrain runs: verification accuracy on held-out pairs, training identity accuracy
-    ("verify_acc", "verify/acc"),
-    ("id_acc", "train/id_acc"),
+    ("verify_acc", ("verify/acc",)),
+    ("id_acc", ("train/id_acc",)),
 ]
-NOISE_CURVES = (("scn/noise_auc", "-", "1 - alpha"), ("train/noise_auc_loss", "--", "loss"))
+# the tables of report.md and report.html: (title, [(column, header)]); the CSV holds every METRICS
+TABLES = [
+    ("Test accuracy (%)", [*((f"acc{s}", name) for s, name in RULES),
+                           ("noise_auc", "noise AUC, method's score"),
+                           ("noise_auc_loss", "noise AUC, loss")]),
+    ("Mean per-class test accuracy (%)", [(f"mean_class_acc{s}", name) for s, name in RULES]),
+    ("Pretraining (%)", [("verify_acc", "verify acc"), ("id_acc", "identity acc")]),
+]  # fmt: skip
+NOISE_CURVES = ((("noise/auc", "scn/noise_auc"), "-", "o", "method's score"),
+                (("noise/auc_loss", "train/noise_auc_loss"), "--", "s", "loss"))  # fmt: skip
 
 
 @dataclass
@@ -57,12 +78,22 @@ class Run:
     summary: dict
     history: list[dict] = field(default_factory=list)
 
-    config: str = ""  # the overrides that set this run apart from the others (see label_runs)
-    method: str = ""  # baseline, SCN, RAN or SCN+RAN (see method_of)
+    config: str = ""  # the other overrides that set this run apart from the others (label_runs)
+    method: str = ""  # scn, baseline, ran, scn_ran, eac, rul or pretrain (see method_of)
 
     @property
     def kept(self) -> set[str]:
-        return {o for o in self.overrides if not o.lstrip("+~").startswith(IGNORED_PREFIXES)}
+        """The overrides that describe the run, without the method's (see `method`)."""
+        return {
+            o
+            for o in self.overrides
+            if not o.lstrip("+~").startswith(IGNORED_PREFIXES)
+            and o.lstrip("+~").partition("=")[0] not in METHOD_KEYS
+        }
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}: {self.config}" if self.config else self.method
 
     def value(self, key: str) -> str | None:
         for o in self.overrides:
@@ -70,6 +101,24 @@ class Run:
             if k == key:
                 return v
         return None
+
+    def figure(self, keys: tuple[str, ...]) -> float | None:
+        """The first of `keys` the summary holds, else the rule computed from metrics.jsonl (runs
+        from before a rule was in summary.json)."""
+        for key in keys:
+            if key in self.summary:
+                return self.summary[key]
+        return self.history_rules.get(keys[0])
+
+    @functools.cached_property
+    def history_rules(self) -> dict[str, float]:
+        """The evaluation rules from metrics.jsonl (empty without test rows)."""
+        if not self.history or "test/acc" not in self.history[0]:
+            return {}
+        try:
+            return rule_figures(self.history, "test")
+        except KeyError:  # a row without mean per-class accuracy
+            return {}
 
 
 def _overrides(run_dir: Path) -> list[str]:
@@ -105,53 +154,51 @@ def find_runs(root: Path) -> list[Run]:
     return runs
 
 
-METHODS = ("baseline", "SCN", "RAN", "SCN+RAN", "pretrain")
-
-
 def method_of(run: Run) -> str:
-    """The method a run trained, from its composed config (`.hydra/config.yaml`), else from its
-    overrides over the defaults (SCN on, RAN off)."""
+    """The method a run trained (`pretrain` for task=pretrain), from its composed config
+    (`.hydra/config.yaml`) with its overrides on top, through `scn.methods.method_name`: runs from
+    before the `method` group map from their `scn.enabled` / `ran.enabled`."""
     composed = run.path / ".hydra" / "config.yaml"
     cfg = (yaml.safe_load(composed.read_text()) or {}) if composed.is_file() else {}
-
-    def enabled(group: str, default: bool) -> bool:
-        value = run.value(f"{group}.enabled")
-        if value is None:
-            value = (cfg.get(group) or {}).get("enabled", default)
-        return str(value).lower() == "true"
-
-    if (run.value("task") or cfg.get("task")) == "pretrain":
+    for key in ("task", *METHOD_KEYS):
+        value = run.value(key)
+        if value is not None:
+            node, *path = ("method", "name") if key == "method" else key.split(".")
+            if path:
+                cfg[node] = {**(cfg.get(node) or {}), path[0]: yaml.safe_load(value)}
+            else:
+                cfg[node] = yaml.safe_load(value)
+    if cfg.get("task") == "pretrain":
         return "pretrain"
-    return METHODS[enabled("scn", True) + 2 * enabled("ran", False)]
+    return method_name(cfg)
 
 
 def label_runs(runs: list[Run]) -> list[str]:
-    """Name each run's configuration by the overrides not shared by all runs; returns the shared.
-    When the runs differ in method, the name starts with the method: `SCN+RAN: ran.enabled=True
-    scn.enabled=True`, `baseline: ...`."""
+    """Set each run's method, and its configuration: the overrides not shared by all runs (the
+    method's own aside). Returns the shared overrides."""
     common = set.intersection(*(r.kept for r in runs))
     for r in runs:
         r.method = method_of(r)
-    by_method = len({r.method for r in runs}) > 1
-    for r in runs:
-        r.config = " ".join(sorted(r.kept - common)) or "(all runs alike)"
-        if by_method:
-            r.config = f"{r.method}: {r.config}"
+        r.config = " ".join(sorted(r.kept - common))
     return sorted(common)
 
 
-def _config_order(config: str) -> tuple[int, str]:
-    """Methods in the order baseline, SCN, RAN, SCN+RAN, then by the rest of the name."""
-    first, _, rest = config.partition(": ")
-    return (METHODS.index(first) if first in METHODS else len(METHODS), rest or config)
+def _order(method: str, config: str) -> tuple[int, str, str]:
+    """Methods in METHOD_ORDER (others after), then by configuration."""
+    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return rank, method, config
 
 
 def failed_rows(failed: list[Run], root: Path, common: set[str]) -> list[tuple[str, str, str]]:
-    """(job folder, its overrides not shared by the finished runs, error) per failed job."""
-    return [
-        (str(r.path.relative_to(root)), " ".join(sorted(r.kept - common)), r.summary["error"])
-        for r in failed
-    ]
+    """(job folder, its overrides not shared by the finished runs, `method=` among them, error)
+    per failed job."""
+    rows = []
+    for r in failed:
+        own = {o for o in r.overrides if not o.lstrip("+~").startswith(IGNORED_PREFIXES)}
+        rows.append(
+            (str(r.path.relative_to(root)), " ".join(sorted(own - common)), r.summary["error"])
+        )
+    return rows
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -159,23 +206,56 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 
 
 def table(runs: list[Run]) -> list[dict]:
-    """One row per configuration: n, then mean and std of each metric over its runs."""
-    groups: dict[str, list[Run]] = defaultdict(list)
+    """One row per (method, configuration): n, then mean, std and count of each metric over the
+    runs that have it (std None for one run; both None where no run has the figure)."""
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
-        groups[run.config].append(run)
+        groups[run.method, run.config].append(run)
     rows = []
-    for config, members in sorted(groups.items(), key=lambda kv: _config_order(kv[0])):
-        row: dict = {"config": config, "n": len(members)}
-        for column, key in METRICS:
-            values = [r.summary[key] for r in members if key in r.summary]
+    for (method, config), members in sorted(groups.items(), key=lambda kv: _order(*kv[0])):
+        row: dict = {"method": method, "config": config, "n": len(members)}
+        for column, keys in METRICS:
+            values = [v for v in (r.figure(keys) for r in members) if v is not None]
             mean, std = mean_std(values) if values else (None, None)
             row[f"{column}_mean"], row[f"{column}_std"] = mean, std
+            row[f"{column}_n"] = len(values)
         rows.append(row)
     return rows
 
 
-def _fmt(v) -> str:
-    return "" if v is None else (f"{100 * v:.2f}" if isinstance(v, float) else str(v))
+def cell(row: dict, column: str) -> str:
+    """`mean ± std` in %, the mean alone for one run, blank without the figure; `(k of n)` when
+    only k of the group's n runs have it (runs from before the figure was recorded)."""
+    mean, std, k = row[f"{column}_mean"], row[f"{column}_std"], row[f"{column}_n"]
+    if mean is None:
+        return ""
+    text = f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return text if k == row["n"] else f"{text} ({k} of {row['n']})"
+
+
+def display_tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The tables of report.md and report.html: (title, header, cells) each, with only the columns
+    and rows that hold a figure, and a configuration column only when runs differ beyond method."""
+    tables = []
+    with_config = any(row["config"] for row in rows)
+    for title, columns in TABLES:
+        columns = [(c, h) for c, h in columns if any(row[f"{c}_mean"] is not None for row in rows)]
+        shown = [r for r in rows if any(r[f"{c}_mean"] is not None for c, _ in columns)]
+        if not shown:
+            continue
+        header = [
+            "method",
+            *(["configuration"] if with_config else []),
+            "n",
+            *(h for _, h in columns),
+        ]
+        cells = [
+            [r["method"], *([r["config"]] if with_config else []), str(r["n"]),
+             *(cell(r, c) for c, _ in columns)]
+            for r in shown
+        ]  # fmt: skip
+        tables.append((title, header, cells))
+    return tables
 
 
 def _png(fig) -> bytes:
@@ -184,52 +264,50 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _first(row: dict, keys: tuple[str, ...]) -> float | None:
+    return next((row[k] for k in keys if k in row), None)
+
+
 def plots(runs: list[Run]) -> dict[str, bytes]:
-    """PNG figures: accuracy vs noise (SCN vs baseline), learning curves, best run's confusion."""
+    """PNG figures: accuracy vs noise per method, learning curves, best run's confusion, and the
+    noise-detection AUC per epoch. Every point is drawn as a marker, so one-epoch runs show."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figures: dict[str, bytes] = {}
-    noise = [r for r in runs if r.value("dataset.noise.rate") is not None]
+    noise = [
+        r for r in runs if r.value("dataset.noise.rate") is not None and "test/acc" in r.summary
+    ]
     if noise:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         by_method: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in noise:
             method = r.method or method_of(r)
             by_method[method][float(r.value("dataset.noise.rate"))].append(r.summary["test/acc"])
-        for method, points in sorted(by_method.items()):
+        for method, points in sorted(by_method.items(), key=lambda kv: _order(kv[0], "")):
             xs = sorted(points)
             stats = [mean_std(points[x]) for x in xs]
             ax.errorbar([100 * x for x in xs], [100 * m for m, _ in stats],
                         yerr=[100 * (s or 0) for _, s in stats], marker="o", capsize=3, label=method)  # fmt: skip
         ax.set_xlabel("label noise (%)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel("test accuracy, selected epoch (%)")
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
         figures["accuracy_vs_noise.png"] = _png(fig)
         plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     curves: dict[str, list[list[float]]] = defaultdict(list)
     for r in runs:
         key = curve_key(r)
         if r.history and key:
-            curves[r.config].append([row[key] for row in r.history])
-    for config, members in sorted(curves.items()):
-        length = min(map(len, members))
-        mean = [statistics.fmean(m[i] for m in members) for i in range(length)]
-        ax.plot(range(1, length + 1), [100 * v for v in mean], label=config[:60])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%; pretraining: verify/acc)")
-    if len(curves) <= 12:
-        ax.legend(fontsize=6)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    figures["learning_curves.png"] = _png(fig)
-    plt.close(fig)
-    if any(NOISE_CURVES[1][0] in row for r in runs for row in r.history):
+            curves[r.label].append([row[key] for row in r.history])
+    if curves:
+        order = {r.label: _order(r.method, r.config) for r in runs}
+        curves = dict(sorted(curves.items(), key=lambda kv: order[kv[0]]))
+        figures["learning_curves.png"] = curve_plot(curves, plt)
+    if any(_first(row, NOISE_CURVES[1][0]) is not None for r in runs for row in r.history):
         figures["noise_detection.png"] = noise_plot(runs, plt)
     trained = [r for r in runs if "test/acc" in r.summary]  # pretraining runs have no classes
     best = max(trained, key=lambda r: r.summary["test/acc"]) if trained else None
@@ -239,9 +317,40 @@ def plots(runs: list[Run]) -> dict[str, bytes]:
         row = best.history[best.summary["selected_epoch"] - 1]
         names = list(row["test/class_acc"])
         buf = io.BytesIO()
-        save_confusion_png(row["test/confusion"], names, buf, f"best run: {best.config[:50]}")
+        save_confusion_png(row["test/confusion"], names, buf, f"best run: {best.label[:50]}")
         figures["confusion_best.png"] = buf.getvalue()
     return figures
+
+
+def _epoch_axis(ax, last: int) -> None:
+    """Whole epochs 1..last on the x axis, a run of one epoch included."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.set_xlim(0.5, last + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def curve_plot(curves: dict[str, list[list[float]]], plt) -> bytes:
+    """Per method and configuration (in `curves`' order), the test accuracy per epoch averaged
+    over its runs."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    last = 1
+    for label, members in curves.items():
+        length = min(map(len, members))
+        last = max(last, length)
+        mean = [statistics.fmean(m[i] for m in members) for i in range(length)]
+        ax.plot(range(1, length + 1), [100 * v for v in mean], marker="o", markersize=4,
+                label=label[:60])  # fmt: skip
+    _epoch_axis(ax, last)
+    ax.set_ylabel("test accuracy (%; pretraining: verify/acc)")
+    if len(curves) <= 12:
+        ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
 
 
 def curve_key(run: Run) -> str | None:
@@ -251,20 +360,26 @@ def curve_key(run: Run) -> str | None:
 
 
 def noise_plot(runs: list[Run], plt) -> bytes:
-    """Per configuration, the epoch's noise-detection AUC of 1 - alpha (solid) and of the loss
-    (dashed), averaged over its runs: how well each ranks the wrong labels first."""
+    """Per method and configuration (one colour each), the epoch's noise-detection AUC of the
+    method's own score (solid, circles) and of the loss (dashed, squares), averaged over its runs:
+    how well each ranks the wrong labels first."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key, style, what in NOISE_CURVES:
+    order = {r.label: _order(r.method, r.config) for r in runs}
+    labels = sorted(order, key=order.get)
+    last = 1
+    for keys, style, marker, what in NOISE_CURVES:
         curves: dict[str, list[dict[int, float]]] = defaultdict(list)
         for r in runs:
-            points = {row["epoch"]: row[key] for row in r.history if key in row}
+            points = {row["epoch"]: v for row in r.history if (v := _first(row, keys)) is not None}
             if points:
-                curves[r.config].append(points)
-        for config, members in sorted(curves.items()):
+                curves[r.label].append(points)
+        for label, members in sorted(curves.items(), key=lambda kv: order[kv[0]]):
             epochs = sorted(set.intersection(*(set(m) for m in members)))
             mean = [100 * statistics.fmean(m[e] for m in members) for e in epochs]
-            ax.plot(epochs, mean, style, label=f"{what}: {config[:50]}")
-    ax.set_xlabel("epoch")
+            last = max([last, *epochs])
+            ax.plot(epochs, mean, style, marker=marker, markersize=4,
+                    color=f"C{labels.index(label) % 10}", label=f"{what}: {label[:50]}")  # fmt: skip
+    _epoch_axis(ax, last)
     ax.set_ylabel("noise-detection AUC (%)")
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
@@ -274,74 +389,102 @@ def noise_plot(runs: list[Run], plt) -> bytes:
     return data
 
 
+INTRO = (
+    "Test accuracy in % by evaluation rule: `selected` at the epoch the run selected (on test"
+    " unless dataset.val_fraction > 0), `best` the best epoch (SCN's and RUL's papers), `last` the"
+    " last epoch, `last 5` the mean of the last five (EAC's paper); `mean ± std` over the runs that"
+    " differ only in seed (the mean alone for one run). Noise AUC: at the last epoch, the ROC-AUC"
+    " (in %) with which the method's own score (SCN: 1 − alpha, RUL: its uncertainty) and the"
+    " training loss rank the wrong labels first; blank without wrong labels or without a score."
+    " report.csv holds every figure, precision of the noise detection included, with mean and std"
+    " in columns of their own."
+)
+
+
+def _md_table(header: list[str], cells: list[list[str]]) -> list[str]:
+    def line(cs: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "/") for c in cs) + " |"
+
+    return [line(header), "|" + "---|" * len(header), *(line(c) for c in cells)]
+
+
+def _html_table(header: list[str], cells: list[list[str]], numeric_from: int = 0) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(
+            f"<td class='{'num' if i >= numeric_from else 'txt'}'>{html.escape(c)}</td>"
+            for i, c in enumerate(row)
+        ) + "</tr>"
+        for row in cells
+    )  # fmt: skip
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+STYLE = (
+    "body{font-family:sans-serif;max-width:1300px;margin:1em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin-bottom:1em}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;vertical-align:top}"
+    "th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}"
+    "td.txt{max-width:32em;overflow-wrap:anywhere}img{max-width:100%}"
+)
+
+
 def write_report(root: Path, out: Path | None = None) -> Path:
+    out = make_output_dir(out or root)
     runs = find_runs(root)
     common = label_runs(runs)
-    out = out or root
-    out.mkdir(parents=True, exist_ok=True)
     rows = table(runs)
-    columns = ["config", "n"] + [f"{c}_{s}" for c, _ in METRICS for s in ("mean", "std")]
+    stats = ("mean", "std", "n")  # n: how many of the group's runs have the figure
+    columns = ["method", "config", "n"] + [f"{c}_{s}" for c, _ in METRICS for s in stats]
     with (out / "report.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-    header = "| configuration | n | " + " | ".join(f"{c} mean | {c} std" for c, _ in METRICS) + " |"
+    tables = display_tables(rows)
+    groups = len(rows)
     lines = [
         f"# Runs under {root}",
         "",
-        f"{len(runs)} runs, {len(rows)} configurations. Test accuracy in %: `acc` and `mean_class_acc`"
-        " at the selected epoch, `acc_best` the best epoch, `acc_last` the last; std over repetitions"
-        " (blank for one run). `noise_*`: at the last epoch, the ROC-AUC and precision (in %) with"
-        " which 1 - alpha (SCN) and the training loss (`_loss`) rank the wrong labels first; blank"
-        " without wrong labels. `verify_acc` and `id_acc`: pretraining runs' (task=pretrain)"
-        " verification accuracy on held-out pairs and training identity accuracy.",
+        f"{len(runs)} runs, {groups} configurations (method and overrides). {INTRO}",
         "",
         f"Shared by all runs: `{' '.join(common) or '(no overrides)'}`",
-        "",
-        header,
-        "|" + "---|" * (2 + 2 * len(METRICS)),
     ]
-    for row in rows:
-        cells = [row["config"], str(row["n"])] + [_fmt(row[c]) for c in columns[2:]]
-        lines.append("| " + " | ".join(cells) + " |")
+    for title, header, cells in tables:
+        lines += ["", f"## {title}", "", *_md_table(header, cells)]
     failed = failed_rows(find_failed(root), root, set(common))
+    failed_header = ["job", "configuration", "error"]
     if failed:
-        lines += ["", "## Failed jobs", "", f"Not in the table above ({len(failed)}):",
-                  "", "| job | configuration | error |", "|---|---|---|"]  # fmt: skip
-        lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in failed]
+        lines += ["", "## Failed jobs", "", f"Not in the tables above ({len(failed)}):", ""]
+        lines += _md_table(failed_header, [list(r) for r in failed])
     figures = plots(runs)
     for name, data in figures.items():
         (out / name).write_bytes(data)
         lines += ["", f"![{name}]({name})"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in
-                         [row["config"], str(row["n"])] + [_fmt(row[c]) for c in columns[2:]]) + "</tr>"
-        for row in rows
-    )  # fmt: skip
+    numeric = {t: h.index("n") for t, h, _ in tables}
+    tables_html = "".join(
+        f"<h2>{html.escape(t)}</h2>" + _html_table(h, c, numeric[t]) for t, h, c in tables
+    )
+    failed_html = (
+        f"<h2>Failed jobs</h2><p>Not in the tables above ({len(failed)}).</p>"
+        + _html_table(failed_header, [list(r) for r in failed], numeric_from=len(failed_header))
+        if failed
+        else ""
+    )
     images = "".join(
         f'<h3>{html.escape(n)}</h3><img src="data:image/png;base64,{base64.b64encode(d).decode()}">'
         for n, d in figures.items()
     )
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    failed_html = (
-        f"<h2>Failed jobs</h2><p>Not in the table above ({len(failed)}).</p><table>"
-        "<tr><th>job</th><th>configuration</th><th>error</th></tr>"
-        + "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in failed
-        )
-        + "</table>"
-        if failed
-        else ""
-    )
+    intro = html.escape(INTRO).replace("`", "")
     (out / "report.html").write_text(
-        f"<!doctype html><meta charset='utf-8'><title>scn report</title>"
-        f"<style>body{{font-family:sans-serif}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style>"
-        f"<h1>Runs under {html.escape(str(root))}</h1><p>{len(runs)} runs, {len(rows)} configurations; "
-        f"accuracy in %. Shared by all runs: <code>{html.escape(' '.join(common))}</code></p><table><tr>{head}</tr>{body}</table>{failed_html}{images}\n"
+        f"<!doctype html><meta charset='utf-8'><title>scn report</title><style>{STYLE}</style>"
+        f"<h1>Runs under {html.escape(str(root))}</h1><p>{len(runs)} runs, {groups} configurations"
+        f" (method and overrides). {intro}</p><p>Shared by all runs: <code>"
+        f"{html.escape(' '.join(common) or '(no overrides)')}</code></p>"
+        f"{tables_html}{failed_html}{images}\n"
     )
-    log.info("report of %d runs (%d configurations, %d failed jobs) written to %s", len(runs),
-             len(rows), len(failed), out)  # fmt: skip
+    log.info("report of %d runs (%d configurations, %d failed jobs) written to %s", len(runs), groups,
+             len(failed), out)  # fmt: skip
     return out
 
 

@@ -117,3 +117,34 @@ def write_rafdb(root: Path, rows: list[tuple[str, int]], size: int = 24, mode: s
     text = "\n".join(f"{n} {lab}" for n, lab in rows)
     (root / "EmoLabel" / "list_patition_label.txt").write_text(text)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, cache_dir) -> Path:
+    """best.pt of one tiny 1-epoch SCN run (32 px, 7 classes), trained once per session."""
+    from scn.app import train
+
+    out = tmp_path_factory.mktemp("tiny_checkpoint")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SCN_CACHE_DIR", str(cache_dir))
+        mp.setenv("WANDB_MODE", "disabled")
+        train(compose_cfg([*TINY, "trainer.epochs=1"], out))
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def face_detector():
+    """dlib's detector, loaded once per session (skips without the faces extra)."""
+    pytest.importorskip("dlib")
+    from scn.faces.detect import FaceDetector
+
+    return FaceDetector()
+
+
+@pytest.fixture(scope="session")
+def astronaut(face_detector):
+    """scikit-image's astronaut portrait (512 x 512 RGB, one real face) and its faces, detected
+    once per session: detection is the slow part of every face test."""
+    skimage_data = pytest.importorskip("skimage.data")
+    image = skimage_data.astronaut()
+    return image, face_detector(image)

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 from scn.app import train
 from scn.engine.accel import resolve_accel
 from scn.errors import UserError
+from scn.methods.scn import SCNModel
 from scn.models.backbones import create_backbone
-from scn.models.scn_model import SCNModel
 
 CPU = torch.device("cpu")
 

@@ -34,7 +34,7 @@ INTERFACE = [
     "dataset.format",
     "dataset.sampler",
     "dataset.skip_unreadable",
-    "scn.enabled",
+    "method.name",
     "scn.beta",
     "scn.margin_1",
     "scn.margin_2",
@@ -55,6 +55,7 @@ def test_groups_hold_the_required_options():
         "logger": ["none", "wandb"],
         "experiment": ["demo", "rafdb_original"],
         "backbone": ["resnet18"],
+        "method": ["scn", "baseline", "ran", "scn_ran", "eac", "rul"],
     }.items():
         assert set(options) <= set(GROUPS[group]), group
 
@@ -96,8 +97,9 @@ def test_backbones_build_and_run_forward_backward(option, tmp_path):
     pre = resolve_preprocessing(cfg.backbone, None, model)
     native = timm.data.resolve_model_data_config(model)
     assert pre.input_size == native["input_size"][-1] and pre.mean == tuple(native["mean"])
-    assert resolve_preprocessing(cfg.backbone, 32, model).input_size == 32  # explicit value wins
-    feats = model(torch.randn(2, 3, 32, 32))
+    size = max(32, getattr(model, "min_input_size", 0))  # inception_resnet_v1 needs 75 px
+    assert resolve_preprocessing(cfg.backbone, size, model).input_size == size  # explicit wins
+    feats = model(torch.randn(2, 3, size, size))
     assert feats.shape == (2, feature_dim(model))
     feats.sum().backward()
 
@@ -159,7 +161,15 @@ def test_sweep_recipes_name_keys_that_exist(recipe, tmp_path):
 def test_noise_study_grid_is_the_papers_comparison(tmp_path):
     params = compose_cfg(["hparams_search=noise_study"], tmp_path).hydra.sweeper.params
     assert params["dataset.noise.rate"] == "0.0,0.1,0.2,0.3"
-    assert params["scn.enabled"] == "true,false" and len(params["trainer.seed"].split(",")) >= 3
+    assert params["method"] == "scn,baseline" and len(params["trainer.seed"].split(",")) >= 3
+
+
+def test_methods_recipe_runs_every_method_over_three_seeds(tmp_path):
+    from scn.methods import METHODS
+
+    params = compose_cfg(["hparams_search=methods"], tmp_path).hydra.sweeper.params
+    assert sorted(params["method"].split(",")) == sorted(METHODS)
+    assert params["trainer.seed"] == "0,1,2"
 
 
 def test_slurm_launcher_composes(tmp_path):

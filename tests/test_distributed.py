@@ -109,14 +109,17 @@ EQUIV = tiny_args(
     "backbone.name=convnext_atto",  # LayerNorm: no per-process BatchNorm statistics
     "scn.relabel_epoch=1",
     "scn.margin_2=0.05",  # relabels happen from the first epoch
+    "scn.margin_1=1.0",  # RR > 0 on every step: the gathered alphas' ranks reach the gradient
     "dataset.noise.rate=0.3",
+    "dataset.sampler=balanced",  # draws with replacement: a batch holds some position twice
 )
 
 
 def test_two_processes_train_as_one_does(tmp_path, cache_dir):
-    """Same seed and global batch, augmentation on: per step the same loss, RR and label tensor,
-    the same relabels over two relabeling epochs, and after DDP's all-reduce the first step's
-    gradients of every parameter equal the one-process gradients."""
+    """Same seed and global batch, augmentation on: per step the same loss, RR (active: over the
+    gathered alphas) and label tensor, the same relabels over two relabeling epochs (a position
+    twice in a batch included: every process writes its last occurrence's label), and after
+    DDP's all-reduce the first step's gradients of every parameter equal the one-process ones."""
     probe = str(ROOT / "tests" / "ddp_probe.py")
     env = {**os.environ, "SCN_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, probe, str(tmp_path / "one"), *EQUIV], env=env,
@@ -130,7 +133,14 @@ def test_two_processes_train_as_one_does(tmp_path, cache_dir):
     assert len(a["loss"]) == len(b0["loss"]) == 6  # 3 global batches x 2 epochs
     assert sum(a["relabeled"]) > 0 and a["relabeled"] == b0["relabeled"]
     torch.testing.assert_close(b0["loss"], a["loss"], rtol=1e-4, atol=1e-5)
+    assert all(rr > 0 for rr in a["rr"])  # margin_1 = 1: the hinge is active on every step
     torch.testing.assert_close(b0["rr"], a["rr"], rtol=1e-4, atol=1e-5)
+    assert b1["rr"] == b0["rr"]  # the global batch's RR on every process
+    # the relabel rows of each global batch (position, old, new, kept): the same everywhere,
+    # and the balanced sampler's repeats are there (a position not kept at an earlier occurrence)
+    assert len(a["changes"]) == 6 and any(not c[3].all() for c in a["changes"])
+    for ca, c0, c1 in zip(a["changes"], b0["changes"], b1["changes"], strict=True):
+        assert torch.equal(ca, c0) and torch.equal(c0, c1)
     for la, lb0, lb1 in zip(a["labels"], b0["labels"], b1["labels"], strict=True):
         assert torch.equal(la, lb0) and torch.equal(lb0, lb1)  # one label tensor everywhere
     assert torch.equal(a["final_labels"], b0["final_labels"])

@@ -21,8 +21,8 @@ from scn.inspect import (
     main,
     wandb_galleries,
 )
+from scn.methods.scn import SCNModel
 from scn.models.backbones import create_backbone
-from scn.models.scn_model import SCNModel
 from tests.conftest import TINY, compose_cfg
 
 
@@ -118,7 +118,7 @@ def test_inspect_page_holds_each_section_and_opens_alone(scn_run, tmp_path):
 
 def test_inspect_a_baseline_on_a_dataset_from_the_command_line(tmp_path, tiny_synthetic):
     out = tmp_path / "baseline"
-    cfg = compose_cfg([*TINY, "backbone=resnet10t", "scn.enabled=false", "trainer.epochs=1",
+    cfg = compose_cfg([*TINY, "backbone=resnet10t", "method=baseline", "trainer.epochs=1",
                        "trainer.checkpoints=last"], out)  # fmt: skip
     train(cfg)
     with pytest.raises(UserError, match="--ckpt last"):

@@ -34,7 +34,7 @@ def test_ties_count_half_in_auc_and_by_expected_share_in_precision():
     assert precision_at_k(flat, wrong3).item() == pytest.approx(0.6)  # the base rate
 
 
-def record_epoch(labels, alpha=None):
+def record_epoch(labels, alpha=None):  # the method's score: 1 - alpha, as SCN's
     """Positions 0..3 with clean labels 0, 1, 2, 0; the logits favour the clean class, so a wrong
     label costs a high loss. Two steps, position 3 seen twice (its later step kept)."""
     clean = t(0, 1, 2, 0)
@@ -42,8 +42,8 @@ def record_epoch(labels, alpha=None):
     s = SampleScores()
     steps = [t(0, 1, 3), t(2, 3)]
     for idx in steps:
-        a = None if alpha is None else alpha[idx]
-        s.record(idx, labels[idx], clean, logits[idx], a)
+        score = None if alpha is None else 1 - alpha[idx]
+        s.record(idx, labels[idx], clean, logits[idx], score)
     return s
 
 
@@ -55,31 +55,36 @@ def test_sample_scores_rank_alpha_and_loss_and_skip_clean_epochs():
     # the tied pair {2 (wrong), 3 (right)} -> 1.5 / 2. Loss: both wrong labels cost more -> perfect
     assert m == pytest.approx(
         {
-            "scn/noise_auc": 0.875,
-            "scn/noise_precision": 0.75,
-            "train/noise_auc_loss": 1.0,
-            "train/noise_precision_loss": 1.0,
+            "noise/auc": 0.875,
+            "noise/precision": 0.75,
+            "noise/auc_loss": 1.0,
+            "noise/precision_loss": 1.0,
         }
     )
     baseline = record_epoch(t(0, 0, 1, 0)).metrics()  # no alpha: the loss detector only
-    assert set(baseline) == {"train/noise_auc_loss", "train/noise_precision_loss"}
+    assert set(baseline) == {"noise/auc_loss", "noise/precision_loss"}
     assert record_epoch(t(0, 1, 2, 0), alpha).metrics() == {}  # no wrong label: nothing logged
     all_wrong = record_epoch(t(1, 0, 0, 1), alpha).metrics()  # no right label: no AUC
-    assert all_wrong == {"scn/noise_precision": 1.0, "train/noise_precision_loss": 1.0}
+    assert all_wrong == {"noise/precision": 1.0, "noise/precision_loss": 1.0}
     assert SampleScores().metrics() == {}
 
 
 def test_latest_step_wins_and_state_round_trips():
     s = record_epoch(t(0, 0, 1, 0), t(0.9, 0.2, 0.5, 0.5))
     clean = t(0, 1, 2, 0)
-    s.record(t(1), t(1), clean, torch.zeros(1, 3), t(0.7))  # position 1 again, now right
-    assert s.wrong.tolist() == [False, False, True, False] and s.alpha[1].item() == pytest.approx(
-        0.7
+    s.record(t(1), t(1), clean, torch.zeros(1, 3), t(0.3))  # position 1 again, now right
+    assert s.wrong.tolist() == [False, False, True, False] and s.score[1].item() == pytest.approx(
+        0.3
     )
     back = SampleScores.from_state(s.state_dict(), "cpu")
     assert back.metrics() == s.metrics() and len(s.metrics()) == 4
-    rows = [{"epoch": 1, "scn/noise_auc": 0.5}, {"epoch": 2, "scn/noise_auc": 0.7, "test/acc": 1}]
-    assert noise_summary(rows) == {"scn/noise_auc": 0.7} and noise_summary([]) == {}
+    # saved before the method seam: SCN's alpha, read back as the score 1 - alpha
+    old = {k: v for k, v in s.state_dict().items() if k != "score"} | {"alpha": 1 - s.score}
+    assert SampleScores.from_state(old, "cpu").metrics() == pytest.approx(s.metrics())
+    rows = [{"epoch": 1, "noise/auc": 0.5}, {"epoch": 2, "noise/auc": 0.7, "test/acc": 1}]
+    aliases = {"noise/auc": "scn/noise_auc"}
+    assert noise_summary(rows, aliases) == {"noise/auc": 0.7, "scn/noise_auc": 0.7}
+    assert noise_summary([], {}) == {}
 
 
 def pairwise_auc(scores: list[float], wrong: list[bool]) -> float:
@@ -100,8 +105,8 @@ def test_trainer_figures_come_from_the_trained_labels_and_weighted_logits(tiny_c
     steps, positions = [], []
     real_step, real_record = trainer.step, SampleScores.record
 
-    def step(x, y, global_n):
-        out = real_step(x, y, global_n)
+    def step(x, y, ctx):
+        out = real_step(x, y, ctx)
         steps.append((y.clone(), out.out.logits.detach().clone(), out.out.alpha.detach().clone()))
         return out
 
@@ -118,7 +123,9 @@ def test_trainer_figures_come_from_the_trained_labels_and_weighted_logits(tiny_c
     wrong = (y != trainer.clean_labels[idx]).tolist()
     assert sum(wrong) == 13  # round(0.3 * 42) flipped, all seen before any relabeling of them
     loss = torch.nn.functional.cross_entropy(logits, y, reduction="none")
-    assert row["scn/noise_auc"] == pytest.approx(pairwise_auc((1 - alpha).tolist(), wrong))
-    assert row["train/noise_auc_loss"] == pytest.approx(pairwise_auc(loss.tolist(), wrong))
+    assert row["noise/auc"] == pytest.approx(pairwise_auc((1 - alpha).tolist(), wrong))
+    assert row["scn/noise_auc"] == row["noise/auc"]  # today's SCN name, kept
+    assert row["noise/auc_loss"] == pytest.approx(pairwise_auc(loss.tolist(), wrong))
+    assert row["train/noise_auc_loss"] == row["noise/auc_loss"]
     top = torch.argsort(loss, descending=True)[:13].tolist()
     assert row["train/noise_precision_loss"] == pytest.approx(sum(wrong[i] for i in top) / 13)

@@ -60,15 +60,26 @@ def test_margin_logits_match_hand_values(loss, margin, label, expected):
     assert torch.allclose(shown, torch.tensor([[2.0, 0.0, -2.0]]), atol=1e-5)
 
 
-def test_arcface_fallback_is_continuous_and_below_the_plain_cosine():
+def test_arcface_fallback_jumps_down_at_pi_minus_m_and_stays_below_the_plain_cosine():
     m = 0.5
     head = head_with_axes("arcface", 1.0, m)
-    for theta in (math.pi - m - 1e-3, math.pi - m + 1e-3, math.pi):
+
+    def target(theta: float) -> float:
         emb = torch.tensor([[math.cos(theta), math.sin(theta)]])
-        got = float(head(emb, torch.tensor([0]))[0, 0].detach())
+        return float(head(emb, torch.tensor([0]))[0, 0].detach())
+
+    for theta in (math.pi - m - 1e-3, math.pi - m + 1e-3, math.pi):
+        got = target(theta)
         assert got < math.cos(theta)  # always a penalty, never a wrap
         assert abs(got - (math.cos(theta + m) if theta < math.pi - m else
                           math.cos(theta) - m * math.sin(m))) < 1e-4  # fmt: skip
+    # at theta = pi - m the margin side reaches cos(pi) = -1 and the fallback starts at
+    # -cos(m) - m sin(m) = -0.8775826 - 0.2397128: a drop of cos(m) + m sin(m) - 1 = 0.1172953
+    # (1e-5 either side of the boundary: the head's fp32 cosines resolve about 1e-7 rad there)
+    before, after = target(math.pi - m - 1e-5), target(math.pi - m + 1e-5)
+    assert before == pytest.approx(-1.0, abs=1e-5)
+    assert after == pytest.approx(-1.1172953, abs=1e-5)
+    assert before - after == pytest.approx(0.1172953, abs=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["arcface", "cosface", "softmax"])

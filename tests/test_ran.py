@@ -16,13 +16,23 @@ from omegaconf import OmegaConf
 
 from scn.app import evaluate, train
 from scn.engine.checkpoint import load_checkpoint
-from scn.engine.ran_loss import add_ran_sums, ran_row, ran_sum_keys, region_biased_loss
-from scn.engine.state import SUM_KEYS, DeviceSums
+from scn.engine.state import DeviceSums
 from scn.engine.trainer import Trainer
 from scn.errors import UserError
 from scn.features import export
 from scn.inference import dataset_images, load_model
-from scn.models.ran import RANModel, RegionAttention, build_model, crop_regions
+from scn.methods.ran import (
+    CORNER_CROPS,
+    RELEASED_CROPS,
+    RANModel,
+    RegionAttention,
+    add_ran_stats,
+    build_ran_model,
+    crop_regions,
+    ran_row,
+    ran_stat_keys,
+    region_biased_loss,
+)
 from scn.predict import predict
 from scn.report import write_report
 from scn.tracking.local import read_metrics
@@ -30,6 +40,7 @@ from tests.conftest import ROOT, compose_cfg, tiny_args, untimed_rows
 
 DEFAULT_CROPS = [[0.0, 0.0, 0.75, 0.75], [0.25, 0.0, 1.0, 0.75], [0.0, 0.25, 0.75, 1.0],
                  [0.25, 0.25, 1.0, 1.0], [0.125, 0.125, 0.875, 0.875]]  # fmt: skip
+assert DEFAULT_CROPS == CORNER_CROPS  # ran.crops=corners: the first default, kept by name
 
 
 class MeanBackbone(torch.nn.Module):
@@ -71,21 +82,20 @@ def test_region_biased_loss_and_epoch_statistics_by_hand():
     assert region_biased_loss(mu[:1], 0.02).item() == 0.0
     assert region_biased_loss(mu[1:2], 0.02).item() == pytest.approx(0.07)
     assert region_biased_loss(mu, 0.02).item() == pytest.approx((0 + 0.07 + 0.01) / 3)
-    model = build_model(MeanBackbone(), 2, _ran_cfg([[0, 0, 1, 1], [0, 0, 0.5, 0.5]]))
-    keys = ran_sum_keys(model)
-    assert keys == ("rb", "face_top", "mu_0", "mu_1", "mu_2")
-    sums = DeviceSums(SUM_KEYS + keys, torch.device("cpu"))
+    assert region_biased_loss(mu, 0.02, "sum").item() == pytest.approx(0.08)  # what the step adds
+    model = build_ran_model(MeanBackbone(), 2, _ran_cfg([[0, 0, 1, 1], [0, 0, 0.5, 0.5]]), True)
+    keys = ran_stat_keys(model.num_regions)
+    assert keys == ("face_top", "mu_0", "mu_1", "mu_2")
+    sums = DeviceSums(("n", *keys), torch.device("cpu"))
     sums.add("n", 3)
-    add_ran_sums(sums, mu, OmegaConf.create({"margin": 0.02}))
+    add_ran_stats(sums, mu)
     row = ran_row(sums.read(), keys)
-    assert row["ran/rb"] == pytest.approx(0.08 / 3)
     assert row["ran/face_top"] == pytest.approx(1 / 3)  # only the second sample
     assert [row[f"ran/mu_{i}"] for i in range(3)] == pytest.approx([0.6, 1.96 / 3, 1.75 / 3])
 
 
-def _ran_cfg(crops, scn: bool = True):
-    cfg = {"scn": {"enabled": scn}, "ran": {"enabled": True, "crops": crops, "region_size": None}}
-    return OmegaConf.create(cfg)
+def _ran_cfg(crops):
+    return OmegaConf.create({"crops": crops, "region_size": None})
 
 
 def test_default_crops_cut_exactly_the_expected_pixels():
@@ -105,9 +115,13 @@ def test_default_crops_cut_exactly_the_expected_pixels():
 
 
 def test_the_model_batches_face_and_crops_through_one_backbone_call():
-    model = RANModel(MeanBackbone(), 4, DEFAULT_CROPS, region_size=6)
+    model = RANModel(MeanBackbone(), 4, DEFAULT_CROPS)
     out = model(torch.rand(2, 3, 8, 8))
-    assert model.backbone.calls == [(12, 3, 6, 6)]  # B x (K+1) regions in one call
+    assert model.backbone.calls == [(12, 3, 8, 8)]  # B x (K+1) regions in one call
+    # crops at their own size: the whole face keeps the input's, crops batched in a second call
+    model = RANModel(MeanBackbone(), 4, DEFAULT_CROPS, region_size=6)
+    model(torch.rand(2, 3, 8, 8))
+    assert model.backbone.calls == [(2, 3, 8, 8), (10, 3, 6, 6)]
     assert out.mu.shape == (2, 6) and out.features.shape == (2, 6) and out.alpha.shape == (2,)
     assert (
         RANModel(MeanBackbone(), 4, DEFAULT_CROPS, scn=False)(torch.rand(2, 3, 8, 8)).alpha is None
@@ -123,14 +137,16 @@ def test_the_model_batches_face_and_crops_through_one_backbone_call():
     ],
 )
 def test_bad_crop_boxes_are_refused_at_start_naming_the_key(tmp_path, crops, message):
-    cfg = compose_cfg(tiny_args("ran.enabled=true", f"ran.crops={crops}"), tmp_path)
+    cfg = compose_cfg(tiny_args("method=ran", f"ran.crops={crops}"), tmp_path)
     with pytest.raises(UserError, match=message):
         Trainer(cfg, tmp_path)
 
 
 def test_the_ran_group_is_typed_and_off_by_default(tmp_path):
     cfg = compose_cfg(tiny_args(), tmp_path)
-    assert cfg.ran.enabled is False and cfg.ran.crops == DEFAULT_CROPS and cfg.ran.margin == 0.02
+    assert cfg.method.name == "scn" and cfg.ran.enabled is None
+    assert cfg.ran.crops == "released" and cfg.ran.margin == 0.02
+    assert len(RELEASED_CROPS) == 7 and [0.125, 0.25, 0.875, 1.0] in RELEASED_CROPS  # the mouth
     with pytest.raises(Exception, match="ran.margn"):
         compose_cfg(tiny_args("ran.margn=0.1"), tmp_path)
     with pytest.raises(Exception, match="region_size"):
@@ -139,7 +155,7 @@ def test_the_ran_group_is_typed_and_off_by_default(tmp_path):
 
 # ------------------------------------------------------------------------------ end to end
 # two crops at 16 px keep the runs short; the default boxes are tested above
-RAN_RUN = ["ran.enabled=true", "ran.region_size=16", "ran.crops=[[0,0,0.75,0.75],[0.25,0.25,1,1]]",
+RAN_RUN = ["method=scn_ran", "ran.region_size=16", "ran.crops=[[0,0,0.75,0.75],[0.25,0.25,1,1]]",
            "trainer.checkpoints=best_and_last", "dataset.noise.rate=0.2", "scn.relabel_epoch=2",
            "scn.margin_2=0.0"]  # fmt: skip
 
@@ -209,9 +225,7 @@ def test_scn_ran_checkpoints_serve_eval_predict_and_features(scn_ran, tmp_path, 
     assert isinstance(lm.model, RANModel) and lm.model.head.classifier.alpha is not None
 
 
-def test_methods_multirun_writes_four_configurations_the_report_names_by_method(
-    tmp_path, cache_dir
-):
+def test_methods_multirun_writes_six_configurations_the_report_names_by_method(tmp_path, cache_dir):
     args = tiny_args("trainer.epochs=1", "trainer.checkpoints=none", "dataset.image_size=16",
                      "ran.region_size=8")  # fmt: skip
     proc = subprocess.run(
@@ -221,16 +235,12 @@ def test_methods_multirun_writes_four_configurations_the_report_names_by_method(
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(list((tmp_path / "sweep").glob("*/summary.json"))) == 4
+    assert len(list((tmp_path / "sweep").glob("*/summary.json"))) == 6
     ran_rows = [read_metrics(p)[0] for p in (tmp_path / "sweep").glob("*/metrics.jsonl")]
-    assert sorted("ran/mu_5" in r for r in ran_rows) == [False, False, True, True]
+    assert sorted("ran/mu_5" in r for r in ran_rows) == [False] * 4 + [True] * 2
     out = write_report(tmp_path / "sweep")
     with (out / "report.csv").open() as f:
-        configs = [r["config"] for r in csv.DictReader(f)]
-    assert configs == [
-        "baseline: ran.enabled=False scn.enabled=False",
-        "SCN: ran.enabled=False scn.enabled=True",
-        "RAN: ran.enabled=True scn.enabled=False",
-        "SCN+RAN: ran.enabled=True scn.enabled=True",
-    ]
-    assert "| SCN+RAN: ran.enabled=True scn.enabled=True | 1 |" in (out / "report.md").read_text()
+        rows = [(r["method"], r["config"], r["n"]) for r in csv.DictReader(f)]
+    methods = ["baseline", "scn", "ran", "scn_ran", "eac", "rul"]
+    assert rows == [(m, "", "1") for m in methods]  # only the method differs: no configuration
+    assert "| scn_ran | 1 |" in (out / "report.md").read_text()

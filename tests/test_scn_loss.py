@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scn.engine.scn_loss import rank_regularization, relabel, scn_loss, split_groups
-from scn.models.scn_model import SCNHead
+from scn.methods.scn import SCNHead, rank_regularization, relabel, scn_loss, split_groups
 
 
 def test_groups_take_floor_beta_b_largest_alphas():

@@ -29,6 +29,10 @@ def test_train_writes_metrics_summary_and_checkpoints(tiny_cfg, tmp_path):
         "scn/relabeled",
         "scn/relabel_fixed",
         "scn/relabel_broken",
+        "noise/auc",
+        "noise/precision",
+        "noise/auc_loss",
+        "noise/precision_loss",
         "scn/noise_auc",
         "scn/noise_precision",
         "train/noise_auc_loss",
@@ -45,6 +49,12 @@ def test_train_writes_metrics_summary_and_checkpoints(tiny_cfg, tmp_path):
     assert on_disk == json.loads(json.dumps(summary))
     assert summary["selected_on"] == "test" and "papers" in summary["selection_note"]
     assert summary["test/acc_best"] == max(r["test/acc"] for r in rows)
+    assert summary["method"] == "scn"
+    # two epochs: the mean of the last five is the mean of both
+    assert summary["test/acc_last5"] == pytest.approx(
+        (rows[0]["test/acc"] + rows[1]["test/acc"]) / 2
+    )
+    assert summary["test/mean_class_acc_last"] == rows[1]["test/mean_class_acc"]
     assert summary["test/acc"] == rows[summary["selected_epoch"] - 1]["test/acc"]
     assert summary["scn/noisy_labels_initial"] == 13  # round(0.3 * 42)
     # margin_2 = 0 relabels every misclassified sample from epoch 1
@@ -74,7 +84,7 @@ def test_train_writes_metrics_summary_and_checkpoints(tiny_cfg, tmp_path):
 
 def test_baseline_has_no_alpha_no_rr_no_relabel(tiny_cfg, tmp_path):
     cfg = tiny_cfg(
-        "scn.enabled=false", "scn.relabel_epoch=1", "trainer.epochs=1", "trainer.checkpoints=last"
+        "method=baseline", "scn.relabel_epoch=1", "trainer.epochs=1", "trainer.checkpoints=last"
     )
     summary = train(cfg)
     row = read_metrics(tmp_path / "run/metrics.jsonl")[0]
@@ -98,7 +108,7 @@ def test_relabel_scope_low_only_touches_low_group(tiny_cfg, monkeypatch):
     )
     trainer = Trainer(cfg, cfg.paths.output_dir)
     seen = []
-    import scn.engine.trainer as tr
+    import scn.methods.scn as tr
 
     real = tr.relabel
 

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 import scn.models.iresnet  # noqa: F401
 from scn.engine.checkpoint import save_checkpoint
 from scn.errors import UserError
+from scn.methods.scn import SCNModel
 from scn.models.backbones import resolve_preprocessing
-from scn.models.scn_model import SCNModel
 from scn.models.weights import load_pretrained
 
 

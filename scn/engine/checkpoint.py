@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from scn.errors import UserError
 from scn.io import atomic_open
+from scn.methods import upgrade_config
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
             f"{path} is not a training checkpoint of this project (missing {missing}); resume needs "
             "the last.pt a run wrote"
         )
+    state["config"] = upgrade_config(state["config"])  # older releases' configs in today's terms
     return state
 
 

@@ -148,9 +148,27 @@ def init() -> Dist:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         backend = "cpu:gloo,cuda:nccl"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT, **_attempt_store(rank, world))
     _current = Dist(rank, world, local_rank)
     return _current
+
+
+def _attempt_store(rank: int, world: int) -> dict:
+    """torchrun's elastic agent serves one store for the whole job (TORCHELASTIC_USE_AGENT_STORE)
+    and torch >= 2.4 no longer prefixes the process group's keys per attempt: a worker group it
+    restarts (--max-restarts) reads the dead group's Gloo/NCCL addresses, and its rendezvous fails
+    or hangs (with torch 2.14.1 and Gloo, 3 restarts of 5 did). Namespaced by the attempt, as torch did
+    before. TORCHELASTIC_RESTART_COUNT is exact on one node; across nodes it can differ after a
+    membership change, so multi-node jobs that restart set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+    for torchrun (a fresh store per attempt, no agent store: this returns nothing)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_PORT" not in os.environ:
+        return {}
+    store = dist.TCPStore(os.environ.get("MASTER_ADDR", "localhost"),
+                          int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=COLLECTIVE_TIMEOUT)  # fmt: skip
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {"store": dist.PrefixStore(f"scn/attempt_{attempt}", store), "rank": rank,
+            "world_size": world}  # fmt: skip
 
 
 def close() -> None:

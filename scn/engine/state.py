@@ -19,6 +19,11 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
+def step_seed(epoch_seed: int, step: int) -> int:
+    """A step's seed (a method's own random choices): from the epoch's seed and the step only."""
+    return int(np.random.SeedSequence([epoch_seed, step]).generate_state(1)[0])
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -61,7 +66,8 @@ class DeviceSums:
         return dict(zip(self.keys, self.values.tolist(), strict=True))
 
 
-SUM_KEYS = ("n", "loss", "ce", "correct", "rr", "high", "low", "relabeled", "fixed", "broken")
+# the sums of checkpoints written before the method seam, by position
+OLD_SUM_KEYS = ("n", "loss", "ce", "correct", "rr", "high", "low", "relabeled", "fixed", "broken")
 
 
 @dataclass
@@ -72,16 +78,14 @@ class EpochProgress:
     epoch: int
     sums: DeviceSums
     batches: int = 0
-    high_count: int = 0
-    low_count: int = 0
     alphas: list[torch.Tensor] = field(default_factory=list)
-    changes: list[torch.Tensor] = field(default_factory=list)  # (position, old, new) rows
+    changes: list[torch.Tensor] = field(default_factory=list)  # (position, old, new, kept) rows
     samples: SampleScores = field(default_factory=SampleScores)  # noise-detection figures
 
     @classmethod
-    def start(cls, epoch: int, device: torch.device, extra: tuple[str, ...] = ()) -> EpochProgress:
-        """`extra`: sum keys beyond SUM_KEYS (RAN's region statistics)."""
-        return cls(epoch, DeviceSums(SUM_KEYS + tuple(extra), device))
+    def start(cls, epoch: int, device: torch.device, keys: tuple[str, ...]) -> EpochProgress:
+        """`keys`: the epoch's sums (the loop's, the loss terms', the method's statistics)."""
+        return cls(epoch, DeviceSums(tuple(keys), device))
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -89,43 +93,47 @@ class EpochProgress:
             "batches": self.batches,
             "sums": self.sums.values.cpu(),
             "sum_keys": list(self.sums.keys),
-            "high_count": self.high_count,
-            "low_count": self.low_count,
             "alphas": torch.cat(self.alphas).cpu() if self.alphas else None,
             "changes": torch.cat(self.changes, 1).cpu() if self.changes else None,
             "samples": self.samples.state_dict(),
         }
 
     def reduce(self, dist, n: int, has_alpha: bool) -> None:
-        """Under torchrun, once per epoch (or before saving a stopped one): every process ends with
-        the global sums, counts, per-sample records (`n` train images) and alphas. The relabel
+        """Under torchrun, once per epoch (or before saving a position inside one): every process
+        ends with the global sums, per-sample records (`n` train images) and alphas. The relabel
         changes are global already (exchanged every step)."""
         if not dist.enabled:
             return
         dist.all_reduce_(self.sums.values)
-        counts = torch.tensor([self.high_count, self.low_count], dtype=torch.long)
-        self.high_count, self.low_count = dist.all_reduce_(counts).tolist()
-        self.samples.merge(dist, n, self.sums.values.device, has_alpha)
+        self.samples.merge(dist, n, self.sums.values.device)
         mine = torch.cat(self.alphas).cpu() if self.alphas else torch.zeros(0)
         self.alphas = [torch.cat(dist.gather_objects(mine)).to(self.sums.values.device)]
 
     @classmethod
     def from_state(
-        cls, state: dict[str, Any], device: torch.device, main: bool = True
+        cls, state: dict[str, Any], device: torch.device, keys: tuple[str, ...], main: bool = True
     ) -> EpochProgress:
-        """`main`: under torchrun only rank 0 takes the saved sums, counts, records and alphas (the
-        epoch's end adds the processes' up); every process takes the relabel changes."""
-        extra = tuple(state.get("sum_keys", SUM_KEYS))[len(SUM_KEYS) :]
-        p = cls.start(int(state["epoch"]), device, extra)
+        """`keys`: this run's sums (saved sums are matched by name; checkpoints from before the
+        method seam stored SCN's group counts apart). `main`: under torchrun only rank 0 takes the
+        saved sums, records and alphas (the epoch's end adds the processes' up); every process
+        takes the relabel changes."""
+        p = cls.start(int(state["epoch"]), device, keys)
         p.batches = int(state["batches"])
         if state["changes"] is not None:
-            p.changes.append(state["changes"].to(device))
+            changes = state["changes"].to(device)
+            if changes.shape[0] == 3:  # before the kept row: every change was kept
+                changes = torch.cat([changes, torch.ones_like(changes[:1])])
+            p.changes.append(changes)
         if not main:
             return p
         if state.get("samples"):
             p.samples = SampleScores.from_state(state["samples"], device)
-        p.sums.values = state["sums"].to(device=device, dtype=torch.float64)
-        p.high_count, p.low_count = int(state["high_count"]), int(state["low_count"])
+        saved_keys = list(state.get("sum_keys", OLD_SUM_KEYS))
+        saved = dict(zip(saved_keys, state["sums"].tolist(), strict=True))
+        saved.update({"high_n": state.get("high_count", 0), "low_n": state.get("low_count", 0)}
+                     if "high_count" in state else {})  # fmt: skip
+        for k in keys:
+            p.sums.values[p.sums.index[k]] = float(saved.get(k, 0.0))
         if state["alphas"] is not None:
             p.alphas.append(state["alphas"].to(device))
         return p

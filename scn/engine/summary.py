@@ -10,19 +10,35 @@ from scn.engine.noise_detect import noise_summary
 log = logging.getLogger(__name__)
 
 
+LAST_K = 5  # EAC's rule: the mean of the last five epochs
+
+
+def rule_figures(history: list[dict[str, Any]], split: str) -> dict[str, float]:
+    """The evaluation rules side by side for `split`: the best epoch (SCN's and RUL's code), the
+    last epoch, and the mean of the last five (EAC's paper; fewer when fewer ran), for accuracy and
+    mean per-class accuracy."""
+    out: dict[str, float] = {}
+    tail = history[-LAST_K:]
+    for metric in ("acc", "mean_class_acc"):
+        values = [r[f"{split}/{metric}"] for r in history]
+        out[f"{split}/{metric}_best"] = max(values)
+        out[f"{split}/{metric}_last"] = values[-1]
+        out[f"{split}/{metric}_last5"] = sum(r[f"{split}/{metric}"] for r in tail) / len(tail)
+    return out
+
+
 def train_summary(trainer, selected_on: str) -> dict[str, Any]:
-    """summary.json of a training run: the selected epoch's figures, best and last, relabel totals."""
+    """summary.json of a training run: the selected epoch's figures, the evaluation rules (best,
+    last, mean of the last five), relabel totals, the method's own figures."""
     sel = trainer.history[trainer.best["epoch"] - 1]
-    last = trainer.history[-1]
     noisy0 = trainer.initial_labels != trainer.clean_labels
     right_now = trainer.labels == trainer.clean_labels
     summary: dict[str, Any] = {
         "test/acc": sel["test/acc"],
         "test/mean_class_acc": sel["test/mean_class_acc"],
         "test/class_acc": sel["test/class_acc"],
-        "test/acc_best": max(r["test/acc"] for r in trainer.history),
-        "test/acc_last": last["test/acc"],
-        "test/mean_class_acc_last": last["test/mean_class_acc"],
+        **rule_figures(trainer.history, "test"),
+        "method": trainer.method.name,
         "selected_epoch": trainer.best["epoch"],
         "selected_on": selected_on,
         "selection_note": (
@@ -38,26 +54,30 @@ def train_summary(trainer, selected_on: str) -> dict[str, Any]:
         "scn/noisy_labels_fixed": int((noisy0 & right_now).sum()),
         "scn/clean_labels_broken": int((~noisy0 & ~right_now).sum()),
         "output_dir": str(trainer.output_dir),
-        **noise_summary(trainer.history),  # the last epoch's noise-detection figures
+        # the last epoch's noise-detection figures
+        **noise_summary(trainer.history, trainer.method.metric_aliases()),
+        **trainer.method.summary(trainer.history),
     }
     if selected_on == "val":
         summary["val/acc"] = sel["val/acc"]
         summary["val/mean_class_acc"] = sel["val/mean_class_acc"]
-        summary["val/acc_best"] = max(r["val/acc"] for r in trainer.history)
+        summary.update(rule_figures(trainer.history, "val"))
     return summary
 
 
-def log_train_summary(s: dict[str, Any], scn_enabled: bool) -> None:
+def log_train_summary(s: dict[str, Any], relabels: bool) -> None:
     log.info(
-        "test/acc %.4f (mean per class %.4f) at epoch %d selected on %s; best %.4f, last %.4f",
+        "test/acc %.4f (mean per class %.4f) at epoch %d selected on %s; best %.4f, last %.4f, "
+        "mean of the last 5 epochs %.4f",
         s["test/acc"],
         s["test/mean_class_acc"],
         s["selected_epoch"],
         s["selected_on"],
         s["test/acc_best"],
         s["test/acc_last"],
+        s["test/acc_last5"],
     )
-    if scn_enabled:
+    if relabels:
         log.info(
             "relabels %d; noisy train labels %d -> %d (fixed %d, clean labels broken %d)",
             s["scn/relabeled_total"],

@@ -1,9 +1,11 @@
-"""The training loop: SCN (or the baseline) with relabeling, per-epoch evaluation, selection,
-checkpoints and resume. Per-sample state (labels) is indexed by dataset index and every metric is
-built from sums and counts, so the loop can later be split across data-parallel processes."""
+"""The training loop: the method's steps (scn.methods), label correction for methods that relabel,
+per-epoch evaluation, selection, checkpoints and resume. Per-sample state (labels) is indexed by
+dataset index and every metric is built from sums and counts, so the loop splits across
+data-parallel processes."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import time
@@ -15,7 +17,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from scn.config import RelabelScope, hydra_choices, instantiate, to_container
+from scn.config import hydra_choices, instantiate, to_container
 from scn.data.datasets import Split, load_dataset
 from scn.data.pipeline import build_pipeline
 from scn.engine import distributed
@@ -23,22 +25,23 @@ from scn.engine.accel import resolve_accel
 from scn.engine.checkpoint import CheckpointWriter, checkpoint_every, host_copy, last_due
 from scn.engine.evaluate import metrics_from_confusion, predict_confusion
 from scn.engine.guard import Preempted, StopSignals, check_finite
-from scn.engine.ran_loss import add_ran_sums, ran_row, ran_sum_keys
-from scn.engine.scn_loss import relabel
+from scn.engine.noise_detect import LOSS_ALIASES
+from scn.engine.relabel import relabel_batch
 from scn.engine.state import (
-    DeviceSums,
     EpochProgress,
     epoch_seed,
     rng_states,
     seed_everything,
     set_rng_states,
+    step_seed,
 )
 from scn.engine.step import StepResult, train_step
 from scn.engine.summary import log_train_summary, relabel_rows, train_summary
 from scn.engine.timing import RunClock, preload_images
 from scn.errors import UserError
+from scn.methods import build_method
+from scn.methods.base import Method, StepContext
 from scn.models.backbones import create_backbone
-from scn.models.ran import build_model
 from scn.models.weights import initial_weights
 from scn.runtime import resolve_device
 from scn.tracking.local import relabel_csv, write_json, write_metrics, write_text_atomic
@@ -46,6 +49,7 @@ from scn.tracking.local import relabel_csv, write_json, write_metrics, write_tex
 log = logging.getLogger(__name__)
 
 CHECKPOINT_CHOICES = ("none", "last", "best_and_last")
+BASE_SUMS = ("n", "loss", "correct", "relabeled", "fixed", "broken")
 
 
 class Trainer:
@@ -60,6 +64,7 @@ class Trainer:
             )
         self.cfg = cfg
         self.output_dir = Path(output_dir)
+        self.cache_dir = Path(str(cfg.paths.cache_dir)).expanduser()  # shared caches
         self.dist = distributed.current()  # rank and world under torchrun; world 1 otherwise
         self.device = resolve_device(distributed.device_for(cfg.trainer.device, self.dist))
         distributed.check_batch(cfg.trainer.batch_size, self.dist)
@@ -74,8 +79,11 @@ class Trainer:
         self.class_names = self.data.class_names
         self.num_classes = len(self.class_names)
         backbone = create_backbone(cfg.backbone)
-        self.model = self.build_model(backbone)
-        self.ran_keys = ran_sum_keys(self.model)  # RAN's epoch statistics; () without RAN
+        self.method = self.create_method()
+        self.model = self.method.build_model(backbone, self.num_classes)
+        # the epoch's device sums: the loop's, each loss term's, the method's statistics
+        terms = self.method.term_names()
+        self.sum_keys = (*BASE_SUMS, *terms, *self.method.stat_keys)
         # a resumed run keeps its preprocessing; else backbone.weights' implied one, or the config's
         saved = state["preprocessing"] if state is not None else None
         self.preprocessing = initial_weights(self.model, backbone, cfg, saved)
@@ -88,10 +96,11 @@ class Trainer:
         # self.model keeps the state_dict keys; compiled code is cached under paths.cache_dir
         self.forward = self.accel.compiled(
             distributed.parallel(self.model, self.dist, self.device, cfg.trainer.get("sync_bn")),
-            Path(str(cfg.paths.cache_dir)).expanduser(),
+            self.cache_dir,
         )
         self.scaler = self.accel.grad_scaler()
-        self.optimizer = instantiate(cfg.optimizer)(params=self.model.parameters())
+        groups = self.method.param_groups(self.model, float(cfg.optimizer.lr))
+        self.optimizer = instantiate(cfg.optimizer)(params=groups)
         self.scheduler = instantiate(cfg.scheduler)(optimizer=self.optimizer)
         self.clock.startup_lap("model")
 
@@ -106,7 +115,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None  # {"epoch", "score"}
         self.run_id: str | None = None
         self.relabel_log: list[list[int]] = []  # [dataset index, old label, new label, epoch]
-        self.epoch_alphas = torch.zeros(0)  # this epoch's importance weights, for histograms
+        self.epoch_alphas = torch.zeros(0)  # this epoch's importance weights (SCN), for histograms
         self.choices = hydra_choices()  # group options, so a resume can check them
         self.stop = StopSignals()  # entered by fit(): SIGTERM / SIGUSR1 end the run after a step
         self.resume_at: EpochProgress | None = None  # an epoch a stop signal interrupted
@@ -121,7 +130,7 @@ class Trainer:
             pre.std,
             self.device,
             self.memory_format,
-            Path(str(cfg.paths.cache_dir)).expanduser(),
+            self.cache_dir,
             self.progress,
             self.dist,
         )
@@ -143,10 +152,16 @@ class Trainer:
     job_type = "train"  # the W&B job type
 
     def load_data(self):
-        return load_dataset(self.cfg.dataset, Path(str(self.cfg.paths.cache_dir)).expanduser())
+        return load_dataset(self.cfg.dataset, self.cache_dir)
 
-    def build_model(self, backbone: torch.nn.Module) -> torch.nn.Module:
-        return build_model(backbone, self.num_classes, self.cfg)  # SCN, RAN or SCN+RAN
+    @classmethod
+    def for_config(cls, cfg: DictConfig) -> type[Trainer]:
+        """The loop class that runs `cfg` (a task may have variants)."""
+        return cls
+
+    def create_method(self) -> Method:
+        """The method the loop composes: `method=` (a task may train with its own)."""
+        return build_method(self.cfg)
 
     def selected_on(self) -> str:
         """The split whose `selection_metric` selects the epoch."""
@@ -158,10 +173,13 @@ class Trainer:
         row.update(self.evaluate(self.data.test, "test"))
         return row
 
-    def record_samples(self, p: EpochProgress, idx, y, logits, alpha) -> None:
-        """Per-sample scores for noise detection (a task with huge logits may skip them)."""
+    def record_samples(self, p: EpochProgress, idx, y, logits, score) -> None:
+        """Per-sample loss and method score for the noise-detection figures."""
         stamp = p.batches * 65536 + self.dist.rank  # the latest record wins a merge (any world)
-        p.samples.record(idx, y, self.clean_labels, logits, alpha, stamp)
+        p.samples.record(idx, y, self.clean_labels, logits, score, stamp)
+
+    def on_selected(self, epoch: int) -> None:
+        """The epoch just became the selected one (a task may ship what it holds now)."""
 
     def write_run_files(self) -> None:
         """Files beside summary.json at the end of the run."""
@@ -215,7 +233,8 @@ class Trainer:
         self.relabel_log = [list(e) for e in state.get("relabel_log", [])]
         self.choices = state.get("choices", {})
         if state.get("partial"):
-            self.resume_at = EpochProgress.from_state(state["partial"], self.device, self.dist.main)
+            self.resume_at = EpochProgress.from_state(state["partial"], self.device, self.sum_keys,
+                                                      self.dist.main)  # fmt: skip
         set_rng_states(state["rng"])
 
     def save(self, name: str, partial: EpochProgress | None = None) -> None:
@@ -236,17 +255,17 @@ class Trainer:
         """One pass over train. Sums and counts accumulate on the device and are read once at the
         end, so the host queues work ahead of the device instead of waiting on it every step.
         Returns None when a stop signal ended it early, with its progress in `self.resume_at`."""
-        cfg, scn = self.cfg, self.cfg.scn
+        cfg, method = self.cfg, self.method
         p = self.resume_at if self.resume_at and self.resume_at.epoch == epoch else None
-        p, self.resume_at = p or EpochProgress.start(epoch, self.device, self.ran_keys), None
+        p, self.resume_at = p or EpochProgress.start(epoch, self.device, self.sum_keys), None
         seed = epoch_seed(cfg.trainer.seed, epoch)
         batches = self.pipeline.batches(self.data.train, True, cfg.trainer.batch_size, seed)
         # resuming inside the epoch: the batches already trained are made again and dropped, so
         # the rest keep the whole epoch's order and augmentation streams (bitwise on CPU)
         todo = itertools.islice(batches, p.batches, None)
-        relabeling = scn.enabled and epoch >= scn.relabel_epoch
         lr = self.optimizer.param_groups[0]["lr"]
         sums, alphas, changes = p.sums, p.alphas, p.changes
+        every = int(cfg.trainer.get("checkpoint_steps") or 0)
         self.model.train()
         bar = tqdm(todo, total=len(batches), initial=p.batches, desc=f"epoch {epoch}",
                    leave=False, disable=not self.progress)  # fmt: skip
@@ -254,24 +273,23 @@ class Trainer:
             global_n = batches.global_sizes[p.batches]  # this process holds its share of it
             idx = idx.to(self.device, non_blocking=True)
             y = self.labels[idx]
-            r = self.step(x, y, global_n)
-            out, rr = r.out, r.rr
-            n = len(idx)
+            ctx = StepContext(self.dist, global_n, epoch, step_seed(seed, p.batches), self.device,
+                              idx)  # fmt: skip
+            r = self.step(x, y, ctx)
+            out, n = r.out, len(idx)
             logits = out.logits.detach()
             sums.add("n", n)
             sums.add("loss", r.loss_sum.double())
-            sums.add("ce", r.ce_sum.double())
-            sums.add("correct", (logits.argmax(1) == y).sum())
-            self.record_samples(p, idx, y, logits, out.alpha)  # before relabeling
-            add_ran_sums(sums, out.mu, cfg.get("ran"))  # nothing without RAN
-            if scn.enabled:
-                sums.add("rr", rr.rr.detach().double() * n)
-                sums.add("high", rr.high_sum.double())
-                sums.add("low", rr.low_sum.double())
-                p.high_count += rr.high_count
-                p.low_count += rr.low_count
-            if relabeling:
-                changes.append(self._relabel(logits, rr, y, idx, sums, global_n))
+            for name, value in r.term_sums.items():
+                sums.add(name, value.double())
+            sums.add("correct", method.correct(out, y, ctx))
+            if method.label_audit:  # before relabeling
+                self.record_samples(p, idx, y, logits, method.noise_score(out))
+            method.add_stats(sums, out, ctx)
+            new = method.relabel(out, y, ctx)
+            if new is not None:
+                changes.append(relabel_batch(self.labels, self.clean_labels, idx, new, sums,
+                                             self.dist, global_n))  # fmt: skip
             if out.alpha is not None:  # a copy: compiled graphs may reuse their output buffers
                 alphas.append(out.alpha.detach().float().clone())
             p.batches += 1
@@ -280,66 +298,44 @@ class Trainer:
             if self.dist.any(bool(self.stop.received)):
                 self.resume_at = p
                 return None
+            if every and p.batches % every == 0 and p.batches < len(batches):
+                self._save_partial(p, epoch)  # a position to resume from inside the epoch
         p.reduce(self.dist, len(self.labels), self.dist.any(bool(alphas)))  # torchrun: global
-        alphas = p.alphas
+        return self._epoch_row(epoch, p, lr)
 
-        self.epoch_alphas = torch.cat(alphas).cpu() if alphas else torch.zeros(0)
-        if changes:
-            pos, old, new = torch.cat(changes, 1).cpu()
-            changed = old != new
+    def _epoch_row(self, epoch: int, p: EpochProgress, lr: float) -> dict[str, Any]:
+        """The epoch's metrics from its sums, and its relabels into the audit log."""
+        method = self.method
+        self.epoch_alphas = torch.cat(p.alphas).cpu() if p.alphas else torch.zeros(0)
+        if p.changes:
+            pos, old, new, keep = torch.cat(p.changes, 1).cpu()
+            changed = (old != new) & keep.bool()
             self.relabel_log += [
                 [i, o, n, epoch]
                 for i, o, n in zip(*(t[changed].tolist() for t in (pos, old, new)), strict=True)
             ]
-        totals = sums.read()
+        totals = p.sums.read()
         n = max(totals["n"], 1)
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "train/loss": totals["loss"] / n,
-            "train/ce": totals["ce"] / n,
-            "train/acc": totals["correct"] / n,
-            "train/lr": lr,
-        }
-        if scn.enabled:
-            row.update(
-                {
-                    "train/rr": totals["rr"] / n,
-                    "scn/alpha_high": totals["high"] / p.high_count if p.high_count else None,
-                    "scn/alpha_low": totals["low"] / p.low_count if p.low_count else None,
-                    "scn/relabeled": int(totals["relabeled"]),
-                    "scn/relabel_fixed": int(totals["fixed"]),
-                    "scn/relabel_broken": int(totals["broken"]),
-                }
-            )
-        row["scn/noisy_labels"] = int((self.labels != self.clean_labels).sum())
-        row.update(p.samples.metrics())  # scn/noise_auc, train/noise_auc_loss, ...
-        row.update(ran_row(totals, self.ran_keys))  # ran/rb, ran/face_top, ran/mu_<i>
+        row: dict[str, Any] = {"epoch": epoch, "train/loss": totals["loss"] / n}
+        row.update({f"train/{k}": totals[k] / n for k in method.term_names()})
+        row[method.acc_key] = totals["correct"] / n
+        row["train/lr"] = lr
+        if method.corrects_labels:
+            row["scn/relabeled"] = int(totals["relabeled"])
+            row["scn/relabel_fixed"] = int(totals["fixed"])
+            row["scn/relabel_broken"] = int(totals["broken"])
+        if method.label_audit:
+            row["scn/noisy_labels"] = int((self.labels != self.clean_labels).sum())
+            row.update(p.samples.metrics())  # noise/auc, noise/auc_loss, ...
+        row.update(method.epoch_row(totals))
+        aliases = {**LOSS_ALIASES, **method.metric_aliases()}
+        row.update({old: row[new] for new, old in aliases.items() if new in row})
         return row
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, global_n: int) -> StepResult:
-        """One optimisation step on this process's share `x`, `y` of a global batch of `global_n`."""
-        return train_step(self.forward, self.optimizer, self.accel, self.scaler, self.cfg.scn, x, y,
-                          self.cfg.get("ran"), self.dist, global_n)  # fmt: skip
-
-    def _relabel(self, logits, rr, y, idx, sums: DeviceSums, global_n: int) -> torch.Tensor:
-        """Apply the relabel rule to this batch (the low group from `rr` when relabel_scope=low),
-        audit it against the clean reference (counts in `sums`), and return (position, old, new)
-        rows. Under torchrun the processes exchange their changes, so every one holds the labels
-        a single process would."""
-        scn = self.cfg.scn
-        candidates = rr.low if scn.relabel_scope == RelabelScope.low else None
-        new = relabel(logits, y, scn.margin_2, candidates)
-        changed = new != y
-        clean = self.clean_labels[idx]
-        sums.add("relabeled", changed.sum())
-        sums.add("fixed", (changed & (y != clean) & (new == clean)).sum())
-        sums.add("broken", (changed & (y == clean) & (new != clean)).sum())
-        if self.dist.enabled:
-            sizes = self.dist.sizes(global_n)
-            idx, new = (self.dist.all_gather_cat(t, sizes) for t in (idx, new))
-            y = self.labels[idx]
-        self.labels[idx] = new
-        return torch.stack([idx, y, new])
+    def step(self, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> StepResult:
+        """One optimisation step on this process's share `x`, `y` of a global batch."""
+        return train_step(self.forward, self.optimizer, self.accel, self.scaler, self.method, x, y,
+                          ctx)  # fmt: skip
 
     def evaluate(self, split: Split, prefix: str) -> dict[str, Any]:
         cm = predict_confusion(  # eager: compiling eval shapes would cost more than it saves
@@ -391,10 +387,7 @@ class Trainer:
         row = self.train_epoch(epoch)
         clock.phase("train", start)
         if row is None:  # a stop signal: keep the position inside the epoch, then stop
-            partial = self.resume_at
-            partial.reduce(self.dist, len(self.labels), self.dist.any(bool(partial.alphas)))
-            self._check_finite(epoch, partial.sums.read()["loss"])
-            self.save("last.pt", partial)
+            partial = self._save_partial(self.resume_at, epoch)
             self.writer.wait()  # on disk before the message names it
             raise Preempted(self.stop.name, f"after step {partial.batches} of epoch {epoch}",
                             self.last_good, self.output_dir)  # fmt: skip
@@ -409,8 +402,9 @@ class Trainer:
         improved = self.best is None or score > self.best["score"]
         if improved:
             self.best = {"epoch": epoch, "score": score}
-        if keep == "best_and_last" and improved:
-            self.save("best.pt")
+            self.on_selected(epoch)
+            if keep == "best_and_last":
+                self.save("best.pt")
         # a stop signal after the epoch's last step (evaluation, checkpoints): the last epoch finishes
         stopping = self.dist.any(bool(self.stop.received)) and epoch < cfg.trainer.epochs
         due = last_due(epoch, self.checkpoint_every, cfg.trainer.epochs)
@@ -426,6 +420,16 @@ class Trainer:
             self.writer.wait()
             raise Preempted(self.stop.name, f"after epoch {epoch}", self.last_good, self.output_dir)
 
+    def _save_partial(self, p: EpochProgress, epoch: int) -> EpochProgress:
+        """last.pt with the position inside the epoch (a stop signal, or every
+        trainer.checkpoint_steps steps); under torchrun the saved sums are the processes' total,
+        taken from a copy so the epoch goes on with each process's own."""
+        snap = copy.deepcopy(p) if self.dist.enabled else p
+        snap.reduce(self.dist, len(self.labels), self.dist.any(bool(snap.alphas)))
+        self._check_finite(epoch, snap.sums.read()["loss"])
+        self.save("last.pt", snap)
+        return snap
+
     def _check_finite(self, epoch: int, loss: float) -> None:
         check_finite(self.model, epoch, loss, self.last_good, self.optimizer.param_groups[0]["lr"])
 
@@ -438,4 +442,4 @@ class Trainer:
                             self.clean_labels.tolist())  # fmt: skip
 
     def log_summary(self, summary: dict[str, Any]) -> None:
-        log_train_summary(summary, self.cfg.scn.enabled)
+        log_train_summary(summary, self.method.corrects_labels)

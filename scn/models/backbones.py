@@ -9,6 +9,7 @@ import timm
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
+import scn.models.inception_resnet_v1  # noqa: F401  (registers inception_resnet_v1 with timm)
 import scn.models.iresnet  # noqa: F401  (registers iresnet18/34/50/100 with timm)
 from scn.errors import UserError
 
@@ -63,4 +64,20 @@ def resolve_preprocessing(
     )
     mean = tuple(float(v) for v in (bcfg.mean or implied.get("mean") or data_cfg["mean"]))
     std = tuple(float(v) for v in (bcfg.std or implied.get("std") or data_cfg["std"]))
+    check_input_size(backbone, int(size), bcfg, image_size)
     return Preprocessing(int(size), mean, std)
+
+
+def check_input_size(
+    backbone: nn.Module, size: int, bcfg: DictConfig | None = None, image_size: int | None = None
+) -> None:
+    """A model that declares `min_input_size` (e.g. unpadded stride-2 stems) refuses smaller inputs
+    here, before a shape error deep in the first forward pass."""
+    minimum = getattr(backbone, "min_input_size", None)
+    if minimum and size < minimum:
+        key = "dataset.image_size" if image_size else "backbone.input_size"
+        name = bcfg.name if bcfg is not None and "name" in bcfg else type(backbone).__name__
+        raise UserError(
+            f"{key}={size} is below the minimum input size of {name} ({minimum} px); "
+            f"set {key}={minimum} or more"
+        )

@@ -27,7 +27,10 @@ DEFAULT_MARGIN = {"arcface": 0.5, "cosface": 0.35, "softmax": 0.0}
 def arcface_target(cos: torch.Tensor, margin: float) -> torch.Tensor:
     """cos(theta + m) for the target cosine; where theta + m would pass pi (cos < -cos m) the
     angle would wrap and the margin make the target easier, so insightface's fallback
-    cos(theta) - m * sin(m) is used there instead (continuous at theta = pi - m, still monotone)."""
+    cos(theta) - m * sin(m) is used there instead. It is not continuous at theta = pi - m: the
+    margin side ends at cos(pi) = -1, the fallback starts at -cos(m) - m * sin(m), a drop of
+    cos(m) + m * sin(m) - 1 (0.117 at m = 0.5). Both sides fall with theta and the jump is
+    downwards, so the target still decreases monotonically with the angle."""
     sin = torch.sqrt((1.0 - cos * cos).clamp_min(1e-12))
     with_margin = cos * math.cos(margin) - sin * math.sin(margin)
     fallback = cos - margin * math.sin(margin)

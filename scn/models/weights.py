@@ -15,7 +15,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from scn.data.datasets import default_cache_dir
 from scn.errors import UserError
+from scn.models import facenet
 from scn.models.backbones import Preprocessing, resolve_preprocessing
 
 log = logging.getLogger(__name__)
@@ -127,7 +129,21 @@ FILTERS: dict[str, Filter] = {
     "imagenet": filter_imagenet,
 }
 # what a format says about its inputs (filled in only where the file's training differs)
-IMPLIED_PREPROCESSING = {"scn_msceleb": {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}}
+IMPLIED_PREPROCESSING = {
+    "scn_msceleb": {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)},
+    facenet.FORMAT: facenet.PREPROCESSING,  # 160 px, (x - 127.5) / 128
+}
+# backbone.weights names that stand for a file found at run time (when no file of that name exists)
+NAMED_WEIGHTS: dict[str, Callable[[], Path]] = {facenet.FACENET_CASIA: facenet.facenet_casia_graph}
+
+
+def resolve_weights_path(weights: str | Path) -> Path:
+    """`backbone.weights` as a path: a registered name (e.g. facenet_casia) resolves to its file
+    unless a file of that name exists."""
+    path = Path(str(weights)).expanduser()
+    if not path.exists() and str(weights) in NAMED_WEIGHTS:
+        return NAMED_WEIGHTS[str(weights)]()
+    return path
 
 
 def detect_format(obj: Any, path: Path) -> str:
@@ -158,14 +174,23 @@ def _listing(keys: list[str], n: int = 8) -> str:
 
 
 def load_pretrained(
-    model: nn.Module, path: str | Path, strict: bool = True, unsafe: bool = False
+    model: nn.Module,
+    path: str | Path,
+    strict: bool = True,
+    unsafe: bool = False,
+    cache_dir: Path | None = None,
 ) -> LoadReport:
-    """Load `path` into `model.backbone` (and `model.head` from this project's checkpoints when the
-    shapes agree). Every backbone parameter and buffer must come from the file unless strict=False."""
-    path = Path(str(path)).expanduser()
-    obj = read_weights_file(path, unsafe)
-    fmt = detect_format(obj, path)
-    sd, dropped = FILTERS[fmt](obj, model.backbone)
+    """Load `path` (or a registered name, see NAMED_WEIGHTS) into `model.backbone` (and `model.head`
+    from this project's checkpoints when the shapes agree). Every backbone parameter and buffer must
+    come from the file unless strict=False. `cache_dir` keeps converted foreign graphs (FaceNet's)."""
+    path = resolve_weights_path(path)
+    if path.is_file() and facenet.is_graphdef(path):  # a TensorFlow graph, converted once
+        obj, fmt = None, facenet.FORMAT
+        sd, dropped = facenet.graph_state_dict(path, cache_dir or default_cache_dir()), []
+    else:
+        obj = read_weights_file(path, unsafe)
+        fmt = detect_format(obj, path)
+        sd, dropped = FILTERS[fmt](obj, model.backbone)
     target = model.backbone.state_dict()
     optional = ("num_batches_tracked",)  # older files omit these counters
     missing = [k for k in target if k not in sd and not k.endswith(optional)]
@@ -190,6 +215,7 @@ def load_pretrained(
             f"{path} (read as format '{fmt}') does not fit backbone {type(model.backbone).__name__}: "
             + "; ".join(problems)
             + ". Check backbone=… matches the file"
+            + (" (FaceNet's graph: backbone=inception_resnet_v1)" if fmt == facenet.FORMAT else "")
         )
         if strict:
             raise UserError(message + ", or set backbone.weights_strict=false to load what matches")
@@ -232,7 +258,8 @@ def initial_weights(model: nn.Module, backbone: nn.Module, cfg, saved: dict | No
     implied = None
     b = cfg.backbone
     if b.weights:
+        cache = Path(str(cfg.paths.cache_dir)).expanduser() if "paths" in cfg else None
         implied = load_pretrained(
-            model, b.weights, b.weights_strict, b.weights_unsafe
+            model, b.weights, b.weights_strict, b.weights_unsafe, cache
         ).preprocessing
     return resolve_preprocessing(b, cfg.dataset.image_size, backbone, implied)
