@@ -14,13 +14,14 @@ from hydra.errors import CompactHydraException
 from omegaconf import Container, DictConfig, OmegaConf
 
 from scn import sweep
+from scn.checkpoints import load_checkpoint, remove_stray_temp_files, resume_file
 from scn.config import hydra_choices, to_container
-from scn.engine.checkpoint import load_checkpoint, remove_stray_temp_files, resume_file
 from scn.engine.evaluate import evaluate_checkpoint
 from scn.engine.guard import Preempted
 from scn.engine.pretrain import PretrainTrainer
 from scn.engine.trainer import Trainer
 from scn.errors import JobFailed, UserError
+from scn.inspect import wandb_galleries
 from scn.runtime import release_job_resources, restart_reason
 from scn.tracking.wandb_run import NullTracker, build_tracker
 
@@ -173,7 +174,13 @@ def train(cfg: DictConfig, trainer_class: type[Trainer] = Trainer) -> dict[str, 
     trainer = trainer_class.for_config(cfg)(cfg, output_dir, state)
     trainer.clock.started_at(started)
     tracker = (  # torchrun: rank 0 logs the run
-        build_tracker(cfg, output_dir, run_id=trainer.run_id, job_type=trainer.job_type)
+        build_tracker(
+            cfg,
+            output_dir,
+            run_id=trainer.run_id,
+            job_type=trainer.job_type,
+            galleries=wandb_galleries,
+        )
         if trainer.dist.main
         else NullTracker()
     )

@@ -52,7 +52,6 @@ from scn.data.datasets import DataBundle, load_dataset
 from scn.data.pipeline import Pipeline
 from scn.data.synthetic import ensure_synthetic
 from scn.engine.accel import resolve_accel
-from scn.engine.distributed import SINGLE
 from scn.engine.state import step_seed
 from scn.engine.step import train_step
 from scn.errors import UserError
@@ -60,6 +59,7 @@ from scn.methods import build_method
 from scn.methods.base import StepContext
 from scn.models.backbones import create_backbone
 from scn.runtime import resolve_device
+from scn.runtime.distributed import SINGLE
 from scn.tracking.local import read_metrics
 
 log = logging.getLogger(__name__)

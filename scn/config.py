@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import hydra.utils
@@ -154,6 +155,12 @@ def _format_run_start(pattern: str) -> str:
 # `${run_start:%H-%M-%S}` in hydra.run.dir / hydra.sweep.dir: like Hydra's `${now:}`, but every
 # process of a torchrun job resolves it to the same time, so all ranks share one run directory
 OmegaConf.register_new_resolver("run_start", _format_run_start, use_cache=True, replace=True)
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    """`paths.cache_dir` as a path (shared caches: decoded images, generated data, compiled code,
+    converted weights, teacher embeddings), resolved here for every caller."""
+    return Path(str(cfg.paths.cache_dir)).expanduser()
 
 
 def instantiate(node: DictConfig, **kwargs: Any) -> Any:

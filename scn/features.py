@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scn.cli import make_output_dir, run_cli
+from scn.cli import run_cli
 from scn.inference import dataset_images, find_images, finish_report, iter_batches, load_any
+from scn.io import make_output_dir
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from scn.checkpoints import load_checkpoint
 from scn.data.datasets import dataset_config, default_cache_dir, load_dataset
 from scn.data.sources import FileImages, ImageList
 from scn.data.transforms import EvalTransform
-from scn.engine.checkpoint import load_checkpoint
 from scn.errors import UserError
 from scn.methods import build_method
 from scn.methods.base import ModelOutput

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from scn.cli import make_output_dir, run_cli
+from scn.checkpoints import load_checkpoint
+from scn.cli import run_cli
 from scn.data.datasets import Split, dataset_config, default_cache_dir, load_dataset
-from scn.engine.checkpoint import load_checkpoint
 from scn.errors import UserError
 from scn.inference import LoadedModel, finish_report, iter_batches, load_model
+from scn.io import make_output_dir
 from scn.methods import build_method
 from scn.models.backbones import feature_dim
 

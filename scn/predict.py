@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from scn.cli import check_output_file, run_cli
+from scn.cli import run_cli
 from scn.errors import UserError
 from scn.export import ExportedModel, exported_format, load_exported
 from scn.faces.align import DEFAULT_TEMPLATE, TEMPLATES
@@ -30,6 +30,7 @@ from scn.inference import (
     iter_batches,
     load_model,
 )
+from scn.io import check_output_file
 from scn.runtime import resolve_device
 
 log = logging.getLogger(__name__)

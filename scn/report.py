@@ -29,9 +29,10 @@ from pathlib import Path
 
 import yaml
 
-from scn.cli import make_output_dir, run_cli
+from scn.cli import run_cli
 from scn.engine.summary import rule_figures
 from scn.errors import UserError
+from scn.io import make_output_dir
 from scn.methods import METHODS, method_name
 from scn.sweep import ERROR_FILE, first_line
 from scn.tracking.local import read_metrics

@@ -13,9 +13,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from scn.cli import os_error_in, run_dir_error
 from scn.errors import JobFailed
-from scn.io import atomic_open
+from scn.io import atomic_open, os_error_in, run_dir_error
 
 log = logging.getLogger(__name__)
 

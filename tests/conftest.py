@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,21 @@ def untimed_rows(path: Path) -> list[dict]:
     """metrics.jsonl rows without their `time/*` keys: wall-clock timings differ between runs."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def run_py(
+    args, cwd, cache_dir, script=None, full_error=False, **env
+) -> subprocess.CompletedProcess:
+    """`python run.py ARGS` in a fresh process as a user runs it, with the test's caches. `script`:
+    a `python -c` program that runs run.py itself (given as its first argument); `full_error`:
+    HYDRA_FULL_ERROR=1 (tracebacks of config errors); `env`: more environment variables."""
+    environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    environ.update(SCN_CACHE_DIR=str(cache_dir), **env)
+    if full_error:
+        environ["HYDRA_FULL_ERROR"] = "1"
+    command = ["-c", script, str(ROOT / "run.py")] if script else [str(ROOT / "run.py")]
+    return subprocess.run([sys.executable, *command, *args], cwd=cwd, env=environ,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
 def tiny_args(*extra: str) -> list[str]:

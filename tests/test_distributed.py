@@ -8,13 +8,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from scn.data.augment import BatchTrain
-from scn.engine.distributed import Dist, check_batch
 from scn.errors import UserError
+from scn.models.backbones import Preprocessing
+from scn.runtime.distributed import Dist, check_batch
 from tests.conftest import ROOT, TINY, tiny_args
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -77,8 +79,8 @@ def test_each_process_gets_its_share_of_every_global_batch(tiny_cfg, kind):
     dev = torch.device("cpu")
 
     def batches(d, train=True):
-        pipe = build_pipeline(cfg.dataset, data, 32, MEAN, STD, dev, torch.contiguous_format,
-                              os.environ["SCN_CACHE_DIR"], dist=d)  # fmt: skip
+        pipe = build_pipeline(cfg.dataset, data, Preprocessing(32, MEAN, STD), dev,
+                              cache_dir=Path(os.environ["SCN_CACHE_DIR"]), dist=d)  # fmt: skip
         b = pipe.batches(data.train if train else data.test, train, 16, seed=3)
         return b.global_sizes, [(x, i) for x, i in b]
 
@@ -186,7 +188,7 @@ def test_a_bad_dataset_path_fails_the_job_with_the_path(tmp_path, cache_dir):
 
 
 def test_sync_bn_is_refused_on_cpu():
-    from scn.engine.distributed import parallel
+    from scn.runtime.distributed import parallel
 
     with pytest.raises(UserError, match="sync_bn=true needs CUDA"):
         parallel(torch.nn.BatchNorm2d(3), Dist(), torch.device("cpu"), True)

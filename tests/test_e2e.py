@@ -1,31 +1,19 @@
 """`python run.py` in a subprocess, single run and multirun, on tiny generated data."""
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
+from tests import conftest
 from tests.conftest import ROOT, TINY
 
 pytestmark = pytest.mark.e2e
 
 
 def run_py(args, tmp_path, cache_dir):
-    env = {
-        **os.environ,
-        "SCN_CACHE_DIR": str(cache_dir),
-        "HYDRA_FULL_ERROR": "1",
-    }
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """run.py with Hydra's full tracebacks, so a failure here shows where it came from."""
+    return conftest.run_py(args, tmp_path, cache_dir, full_error=True)
 
 
 def test_single_run_from_another_directory(tmp_path, cache_dir):

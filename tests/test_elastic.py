@@ -17,11 +17,11 @@ from omegaconf import open_dict, read_write
 
 from scn import runtime
 from scn.app import resume_source, train
+from scn.checkpoints import load_checkpoint
 from scn.cli import _torchrun_attempt
-from scn.engine.checkpoint import load_checkpoint
 from scn.errors import JobFailed
 from scn.sweep import FailedJob, _recording_setup_failures
-from tests.conftest import ROOT, compose_cfg, tiny_args, untimed_rows
+from tests.conftest import ROOT, compose_cfg, run_py, tiny_args, untimed_rows
 
 # 3 epochs of 3 global batches (42 train images, batch 16); relabels in epochs 2 and 3, so a resume
 # must restore the edited label tensor as well as the weights
@@ -71,8 +71,15 @@ def torchrun(args, cwd, cache_dir, kill_at=None, **env) -> subprocess.CompletedP
         env.update(KILL_AT=str(kill_at), KILL_RANK="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "--max-restarts=1", "--monitor-interval=0.1", *entry, *args]  # fmt: skip
-    return subprocess.run(cmd, cwd=cwd, env=environ(cache_dir, **env), capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=cwd, env=environ(cache_dir, **env), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:  # SIGTERM: torchrun stops its workers (SIGKILL would not)
+        proc.terminate()
+        out, err = proc.communicate(timeout=120)
+        pytest.fail(f"torchrun timed out:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -211,12 +218,6 @@ def test_a_requeued_run_continues_its_wandb_run_and_once_finished_trains_nothing
 
 
 # ------------------------------------------------------------------- unusable output folders
-def run_py(args, cwd, cache_dir) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd,
-                          env=environ(cache_dir), capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
-
-
 def test_a_run_directory_through_a_file_is_one_line_and_exit_2(tmp_path, cache_dir):
     (tmp_path / "file").write_text("")
     proc = run_py([*tiny_args(), f"hydra.run.dir={tmp_path}/file/x"], tmp_path, cache_dir)

@@ -233,24 +233,25 @@ def test_every_constant_is_mapped_once_with_bn_folded_into_an_identity(graph_pat
     assert torch.equal(converted["repeat_2.2.branch1.2.bn.running_mean"], torch.zeros(128))
     bottleneck = floats["InceptionResnetV1/Bottleneck/weights"]  # (1792, 512) -> (512, 1792)
     assert torch.equal(converted["last_linear.weight"], torch.from_numpy(bottleneck.T.copy()))
-    assert bool(converted["bn_frozen"])
     # 318 constants: 27 int32 (axes, shapes) and 291 float: 132 kernels, 132 BN offsets or biases,
     # 21 residual scales, the bottleneck's kernel and 4 BN vectors, the L2 epsilon
     assert len(floats) == 291
 
 
-def test_folded_batch_norm_keeps_its_statistics_in_training(model, converted):
+def test_folded_batch_norm_is_an_identity_in_eval_and_adapts_in_training(converted):
+    m = InceptionResnetV1()
+    m.load_state_dict(converted)
+    layer = m.conv2d_1a
     x = nchw(np.concatenate([crop(FACE_BOX, size=80), crop(NON_FACES[0], size=80)]))
+    offset = converted["conv2d_1a.bn.bias"].view(1, -1, 1, 1)
     with torch.no_grad():
-        evaluated = model(x)
-        model.train()
-        trained = model(x)  # conv BNs stay in eval mode: the pretrained function at the start
-        model.eval()
-        assert torch.allclose(trained, evaluated, atol=1e-5)
-        fresh = InceptionResnetV1().train()  # random init: ordinary train-mode BN
-        fresh.load_state_dict({**converted, "bn_frozen": torch.tensor(False)})
-        assert fresh.conv2d_1a.bn.training
-        assert not torch.allclose(fresh(x), evaluated, atol=1e-2)
+        z = layer.conv(x)
+        assert torch.allclose(layer.eval().bn(z), z + offset, atol=1e-5)  # the graph's BiasAdd
+        # training: an ordinary BatchNorm, batch statistics and a running mean moving towards them
+        mean, var = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)
+        expected = (z - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + 1e-3) + offset
+        assert torch.allclose(layer.train().bn(z), expected, atol=1e-4)
+    assert torch.allclose(layer.bn.running_mean, 0.1 * mean, atol=1e-5)
 
 
 def test_teacher_is_frozen_and_says_its_preprocessing(cache_dir, converted):
@@ -308,20 +309,19 @@ def test_named_weights_give_way_to_a_file_of_that_name(tmp_path, monkeypatch):
 def test_training_from_facenet_logs_the_weights_and_preprocessing(tiny_cfg, tmp_path, caplog,
                                                                    converted):  # fmt: skip
     from scn.app import train
-    from scn.engine.checkpoint import load_checkpoint
+    from scn.checkpoints import load_checkpoint
 
     cfg = tiny_cfg("backbone=inception_resnet_v1", "backbone.weights=facenet_casia",
                    "dataset.image_size=80", "trainer.epochs=1", "trainer.checkpoints=last",
                    "dataset.synthetic.train_per_class=2", "dataset.synthetic.test_per_class=1")  # fmt: skip
     with caplog.at_level(logging.INFO):
         train(cfg)
-    assert "graph_final.pb (format facenet): loaded 715 of 715 tensors" in caplog.text
+    assert "graph_final.pb (format facenet): loaded 714 of 714 tensors" in caplog.text
     assert "read from the cache" in caplog.text  # converted once per cache, by the fixture
     state = load_checkpoint(tmp_path / "run/last.pt")
     assert state["preprocessing"] == {"input_size": 80, "mean": [127.5 / 255] * 3,
                                       "std": [128 / 255] * 3}  # fmt: skip
-    weights = state["model"]
-    assert bool(weights["backbone.bn_frozen"])
-    assert torch.equal(weights["backbone.conv2d_1a.bn.running_mean"], torch.zeros(32))
+    weights = state["model"]  # trained: the folded BNs' statistics moved from the identity
+    assert not torch.equal(weights["backbone.conv2d_1a.bn.running_mean"], torch.zeros(32))
     assert not torch.equal(weights["backbone.conv2d_1a.conv.weight"],
                            converted["conv2d_1a.conv.weight"])  # fmt: skip

@@ -2,35 +2,22 @@
 sweeps that go on past a failed job, preemption by signal, and divergence to NaN."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 from omegaconf import open_dict, read_write
 
 from scn.app import resume_config, run_job, train
+from scn.checkpoints import load_checkpoint
 from scn.config import hydra_choices, to_container
-from scn.engine.checkpoint import load_checkpoint
 from scn.engine.trainer import Trainer
 from scn.errors import JobFailed, UserError
 from scn.report import write_report
 from scn.sweep import FailedJob
-from tests.conftest import ROOT, TINY, compose_cfg, untimed_rows, write_rafdb
+from tests.conftest import TINY, compose_cfg, run_py, untimed_rows, write_rafdb
 
 TINY_NO_EPOCHS = [o for o in TINY if not o.startswith("trainer.epochs=")]
-
-
-def run_py(args, cwd, cache_dir, script=None, **env):
-    """`python run.py ARGS` (or a script that then runs it) as a user runs it: no
-    HYDRA_FULL_ERROR, the test's caches."""
-    environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    environ.update(SCN_CACHE_DIR=str(cache_dir), **env)
-    command = ["-c", script, str(ROOT / "run.py")] if script else [str(ROOT / "run.py")]
-    return subprocess.run([sys.executable, *command, *args], cwd=cwd, env=environ,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- resume

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from scn.app import train
+from scn.checkpoints import load_checkpoint
 from scn.data.augment import BatchEval, BatchTrain
 from scn.data.cache import ImageStore
 from scn.engine.accel import resolve_accel
-from scn.engine.checkpoint import load_checkpoint
 
 pytestmark = [
     pytest.mark.gpu,

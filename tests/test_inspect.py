@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from scn.app import train
-from scn.engine.checkpoint import load_checkpoint
+from scn.checkpoints import load_checkpoint
 from scn.errors import UserError
 from scn.inspect import (
     class_activation_map,

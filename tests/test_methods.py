@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from hydra.errors import ConfigCompositionException
 
 from scn.engine.accel import Accel
-from scn.engine.distributed import Dist
 from scn.engine.relabel import apply_relabels
 from scn.engine.step import compose, train_step
 from scn.errors import UserError
@@ -24,6 +23,7 @@ from scn.methods.eac import EAC, CAMClassifier, class_activation_maps, consisten
 from scn.methods.ran import RANModel, crop_regions
 from scn.methods.rul import RUL, RULHead, RULModel, add_up_loss, mix
 from scn.models.backbones import create_backbone
+from scn.runtime.distributed import Dist
 from tests.conftest import compose_cfg, tiny_args
 
 CPU = Accel(torch.device("cpu"), "fp32", False, False, False)

@@ -16,8 +16,8 @@ import torch
 
 from scn.app import main as run_task
 from scn.app import train
+from scn.checkpoints import load_checkpoint
 from scn.data.synthetic import ensure_synthetic
-from scn.engine.checkpoint import load_checkpoint
 from scn.engine.trainer import Trainer
 from scn.features import main as features_main
 from scn.inference import dataset_images

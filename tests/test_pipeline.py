@@ -9,6 +9,7 @@ from scn.data.cache import ImageStore
 from scn.data.datasets import load_dataset
 from scn.data.pipeline import Pipeline, build_pipeline
 from scn.errors import UserError
+from scn.models.backbones import Preprocessing as Pre
 from tests.conftest import write_rafdb
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -83,8 +84,8 @@ def test_batches_can_be_kept(data, tmp_path):
 def test_unknown_pipeline_is_named(data, tmp_path):
     dcfg = OmegaConf.create({"pipeline": "fast", "augmentation": AUG})
     with pytest.raises(UserError, match="dataset.pipeline='fast'"):
-        build_pipeline(dcfg, data, 28, MEAN, STD, torch.device("cpu"), torch.channels_last,
-                       tmp_path)  # fmt: skip
+        build_pipeline(dcfg, data, Pre(28, MEAN, STD), torch.device("cpu"),
+                       memory_format=torch.channels_last, cache_dir=tmp_path)  # fmt: skip
 
 
 def test_val_rows_point_into_the_train_source(data):
@@ -124,8 +125,8 @@ def test_pixel_tables_and_face_boxes_reach_both_pipelines_alike(fmt, tmp_path):
     batches = {}
     for kind in ("cached", "files"):
         dcfg.pipeline = kind
-        pipe = build_pipeline(dcfg, data, 24, MEAN, STD, torch.device("cpu"),
-                              torch.contiguous_format, tmp_path / "cache")  # fmt: skip
+        pipe = build_pipeline(dcfg, data, Pre(24, MEAN, STD), torch.device("cpu"),
+                              cache_dir=tmp_path / "cache")  # fmt: skip
         batches[kind] = list(pipe.batches(data.test, False, 4))
     cached, files = batches["cached"], batches["files"]
     assert sum(len(i) for _, i in cached) == len(data.test) > 0

@@ -22,8 +22,7 @@ from scn.engine.verify import best_threshold, verification_accuracy
 from scn.errors import UserError
 from scn.models.backbones import create_backbone
 from scn.models.margin import MarginHead, logits_cross_entropy
-from tests.conftest import compose_cfg, tiny_args
-from tests.test_e2e import run_py
+from tests.conftest import compose_cfg, run_py, tiny_args
 
 
 def head_with_axes(loss: str, scale: float, margin: float) -> MarginHead:

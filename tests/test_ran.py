@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from scn.app import evaluate, train
-from scn.engine.checkpoint import load_checkpoint
+from scn.checkpoints import load_checkpoint
 from scn.engine.state import DeviceSums
 from scn.engine.trainer import Trainer
 from scn.errors import UserError

@@ -9,6 +9,7 @@ from scn.data.datasets import load_dataset
 from scn.data.pipeline import build_pipeline
 from scn.data.sampler import class_balanced_weights, epoch_order
 from scn.errors import UserError
+from scn.models.backbones import Preprocessing
 from tests.conftest import write_rafdb
 
 LABELS = np.array([0] * 100 + [1] * 20 + [2] * 5)
@@ -55,8 +56,8 @@ def test_both_pipelines_visit_the_balanced_order(tmp_path):
     seen = {}
     for kind in ("cached", "files"):
         dcfg.pipeline = kind
-        pipe = build_pipeline(dcfg, data, 16, (0.5,) * 3, (0.5,) * 3, torch.device("cpu"),
-                              torch.contiguous_format, tmp_path / "cache")  # fmt: skip
+        pre = Preprocessing(16, (0.5,) * 3, (0.5,) * 3)
+        pipe = build_pipeline(dcfg, data, pre, torch.device("cpu"), cache_dir=tmp_path / "cache")
         seen[kind] = torch.cat([i for _, i in pipe.batches(data.train, True, 4, seed=11)])
     expected = epoch_order(data.train.labels, 11, "balanced")
     assert torch.equal(seen["cached"], expected) and torch.equal(seen["files"], expected)

@@ -12,14 +12,9 @@ import torch
 
 from scn import bench
 from scn.app import train
+from scn.checkpoints import load_checkpoint
 from scn.engine.accel import compile_cache, resolve_accel
-from scn.engine.checkpoint import (
-    CheckpointWriteError,
-    CheckpointWriter,
-    host_copy,
-    last_due,
-    load_checkpoint,
-)
+from scn.engine.checkpoint import CheckpointWriteError, CheckpointWriter, host_copy, last_due
 from scn.engine.trainer import Trainer
 from scn.errors import UserError
 from scn.tracking.local import read_metrics

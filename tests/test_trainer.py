@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scn.app import train
-from scn.engine.checkpoint import load_checkpoint, save_checkpoint
+from scn.checkpoints import load_checkpoint, save_checkpoint
 from scn.engine.trainer import Trainer
 from scn.errors import UserError
 from scn.tracking.local import read_metrics

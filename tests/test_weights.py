@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 import scn.models.iresnet  # noqa: F401
-from scn.engine.checkpoint import save_checkpoint
+from scn.checkpoints import save_checkpoint
 from scn.errors import UserError
 from scn.methods.scn import SCNModel
 from scn.models.backbones import resolve_preprocessing
@@ -199,7 +199,7 @@ def test_training_starts_from_a_weights_file_and_records_its_preprocessing(
     tiny_cfg, tmp_path, caplog
 ):
     from scn.app import train
-    from scn.engine.checkpoint import load_checkpoint
+    from scn.checkpoints import load_checkpoint
 
     src = backbone_state("iresnet18")
     path = tmp_path / "backbone.pth"

@@ -21,8 +21,8 @@ from scn.data.cache import ImageStore, decoded_images
 from scn.data.datasets import DataBundle, FaceImages, Split
 from scn.data.sampler import epoch_order
 from scn.data.transforms import EvalTransform, TrainTransform
-from scn.engine.distributed import SINGLE, Dist
 from scn.errors import UserError
+from scn.runtime.distributed import SINGLE, Dist
 
 log = logging.getLogger(__name__)
 
@@ -237,30 +237,29 @@ def resolve_workers(setting: int | str, device: torch.device) -> int:
 def build_pipeline(
     dcfg: DictConfig,
     data: DataBundle,
-    size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    pre,
     device: torch.device,
-    memory_format: torch.memory_format,
-    cache_dir: Path,
+    *,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    cache_dir: Path | None = None,
     progress: bool = False,
     dist: Dist = SINGLE,
 ) -> Pipeline:
-    """The dataset config's pipeline (checkpoints from before `dataset.pipeline` get `cached`)."""
-    aug = dcfg.augmentation
+    """The dataset config's pipeline at the model's preprocessing `pre` (input_size, mean, std);
+    checkpoints from before `dataset.pipeline` get `cached`."""
     return Pipeline(
         dcfg.get("pipeline", "cached"),
         data,
-        size,
-        mean,
-        std,
-        dict(aug),
+        pre.input_size,
+        pre.mean,
+        pre.std,
+        dict(dcfg.augmentation),
         device,
-        memory_format,
-        resolve_workers(dcfg.get("num_workers", "auto"), device),
-        cache_dir,
-        dcfg.get("cache_size"),
-        progress,
-        dcfg.get("sampler", "uniform"),
-        dist,
+        memory_format=memory_format,
+        num_workers=resolve_workers(dcfg.get("num_workers", "auto"), device),
+        cache_dir=cache_dir,
+        cache_size=dcfg.get("cache_size"),
+        progress=progress,
+        sampler=dcfg.get("sampler", "uniform"),
+        dist=dist,
     )

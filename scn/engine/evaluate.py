@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from scn.config import cache_dir
 from scn.data.datasets import load_dataset
 from scn.data.pipeline import build_pipeline
 from scn.engine.accel import resolve_accel
@@ -90,7 +91,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     own_dataset = not any(o.lstrip("+~").startswith(("dataset", "experiment")) for o in overrides)
     dcfg = lm.config.dataset if own_dataset else cfg.dataset
-    data = load_dataset(dcfg, Path(str(cfg.paths.cache_dir)).expanduser())
+    cache = cache_dir(cfg)
+    data = load_dataset(dcfg, cache)
     split = {"train": data.train, "val": data.val, "test": data.test}.get(cfg.eval.split)
     if split is None:
         raise UserError(
@@ -105,10 +107,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     accel = resolve_accel(cfg.trainer, lm.device, lm.config.trainer.eval_batch_size)
     memory_format = accel.memory_format
     lm.model.to(memory_format=memory_format)
-    pre = lm.preprocessing
-    pipeline = build_pipeline(dcfg, data, pre.input_size, pre.mean, pre.std, lm.device,
-                              memory_format, Path(str(cfg.paths.cache_dir)).expanduser(),
-                              cfg.trainer.progress)  # fmt: skip
+    pipeline = build_pipeline(dcfg, data, lm.preprocessing, lm.device, memory_format=memory_format,
+                              cache_dir=cache, progress=cfg.trainer.progress)  # fmt: skip
     batches = pipeline.batches(split, False, lm.config.trainer.eval_batch_size)
     labels = torch.as_tensor(split.labels, dtype=torch.long)
     name = cfg.eval.split

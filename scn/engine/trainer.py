@@ -17,10 +17,9 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from scn.config import hydra_choices, instantiate, to_container
+from scn.config import cache_dir, hydra_choices, instantiate, to_container
 from scn.data.datasets import Split, load_dataset
 from scn.data.pipeline import build_pipeline
-from scn.engine import distributed
 from scn.engine.accel import resolve_accel
 from scn.engine.checkpoint import CheckpointWriter, checkpoint_every, host_copy, last_due
 from scn.engine.evaluate import metrics_from_confusion, predict_confusion
@@ -43,7 +42,7 @@ from scn.methods import build_method
 from scn.methods.base import Method, StepContext
 from scn.models.backbones import create_backbone
 from scn.models.weights import initial_weights
-from scn.runtime import resolve_device
+from scn.runtime import distributed, resolve_device
 from scn.tracking.local import relabel_csv, write_json, write_metrics, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ class Trainer:
             )
         self.cfg = cfg
         self.output_dir = Path(output_dir)
-        self.cache_dir = Path(str(cfg.paths.cache_dir)).expanduser()  # shared caches
+        self.cache_dir = cache_dir(cfg)  # shared caches
         self.dist = distributed.current()  # rank and world under torchrun; world 1 otherwise
         self.device = resolve_device(distributed.device_for(cfg.trainer.device, self.dist))
         distributed.check_batch(cfg.trainer.batch_size, self.dist)
@@ -122,18 +121,9 @@ class Trainer:
         self.last_good = str(cfg.ckpt_path) if state is not None else None  # newest last.pt
 
         pre = self.preprocessing
-        self.pipeline = build_pipeline(
-            cfg.dataset,
-            self.data,
-            pre.input_size,
-            pre.mean,
-            pre.std,
-            self.device,
-            self.memory_format,
-            self.cache_dir,
-            self.progress,
-            self.dist,
-        )
+        self.pipeline = build_pipeline(cfg.dataset, self.data, pre, self.device,
+                                       memory_format=self.memory_format, cache_dir=self.cache_dir,
+                                       progress=self.progress, dist=self.dist)  # fmt: skip
         preload_images(self.pipeline, [train])  # decoded now: start-up's data time holds it
         self.clock.startup_lap("data")
         for note in self.data.notes:

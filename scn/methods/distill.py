@@ -1,7 +1,7 @@
 """Distillation of a frozen face-identity teacher into any backbone (task=pretrain
 pretrain.teacher=facenet_casia): the student's embedding layer learns to point where the teacher's
 L2-normalised embedding of the same image points (loss 1 - cosine). The teacher's embeddings are
-computed once per image (scn.engine.distill) and looked up by dataset position, so a step costs
+computed once per image (scn.engine.pretrain.DistillTrainer) and looked up by dataset position, so a step costs
 the student's forward and backward only."""
 
 from __future__ import annotations

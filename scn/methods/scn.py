@@ -15,9 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scn.config import RelabelScope, RRScope
-from scn.engine.distributed import gather_with_grad
 from scn.methods.base import ClassifierModel, Method, ModelOutput, StepContext, Term
 from scn.models.backbones import feature_dim
+from scn.runtime.distributed import gather_with_grad
 
 # --------------------------------------------------------------------------------- the head
 

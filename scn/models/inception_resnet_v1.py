@@ -151,10 +151,6 @@ class Mixed7a(nn.Module):
         return torch.cat(branches, 1)
 
 
-def _reapply_mode(module: InceptionResnetV1, incompatible_keys) -> None:
-    module.train(module.training)
-
-
 class InceptionResnetV1(nn.Module):
     """Stem, 5x Block35 (0.17), Mixed_6a, 10x Block17 (0.10), Mixed_7a, 5x Block8 (0.20), Block8
     without ReLU; global average pool; a 512-d bottleneck used by embed() only."""
@@ -194,24 +190,9 @@ class InceptionResnetV1(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self.num_classes = num_classes
         self.pretrained_cfg = self.default_cfg = dict(PRETRAINED_CFG)
-        # True once folded-BN weights are loaded (scn.models.facenet): the convs' BatchNorms then
-        # stay in eval mode (a trainable per-channel scale and bias, fixed statistics); a buffer,
-        # so checkpoints and backbone.pth files carry it
-        self.register_buffer("bn_frozen", torch.tensor(False))
-        # a flag loaded while in train mode applies at once
-        self.register_load_state_dict_post_hook(_reapply_mode)
-
-    def train(self, mode: bool = True) -> InceptionResnetV1:
-        """As nn.Module.train, but with `bn_frozen` the conv BatchNorms keep their statistics."""
-        super().train(mode)
-        if mode and bool(self.bn_frozen):
-            for m in self.modules():
-                if isinstance(m, BasicConv2d):
-                    m.bn.eval()
-        return self
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last spatial map (B, 1792, h, w): 3x3 at 160 px."""
+        """The last spatial map (B, 1792, h, w): 1x1 from 75 px, 2x2 from 107, 3x3 from 139 (160)."""
         x = self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(x)))
         x = self.conv2d_4b(self.conv2d_4a(self.conv2d_3b(self.maxpool_3a(x))))
         x = self.mixed_7a(self.repeat_2(self.mixed_6a(self.repeat_1(x))))

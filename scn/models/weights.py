@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from scn.config import cache_dir
 from scn.data.datasets import default_cache_dir
 from scn.errors import UserError
 from scn.models import facenet
@@ -258,7 +259,7 @@ def initial_weights(model: nn.Module, backbone: nn.Module, cfg, saved: dict | No
     implied = None
     b = cfg.backbone
     if b.weights:
-        cache = Path(str(cfg.paths.cache_dir)).expanduser() if "paths" in cfg else None
+        cache = cache_dir(cfg) if "paths" in cfg else None
         implied = load_pretrained(
             model, b.weights, b.weights_strict, b.weights_unsafe, cache
         ).preprocessing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -83,7 +84,10 @@ class WandbTracker:
         run_id: str | None = None,
         job_type: str = "train",
         tags: list[str] | None = None,
+        galleries: Callable[[Path, str], dict] | None = None,
     ):
+        """`galleries(run_dir, ckpt)`: the image galleries to log at the end (logger.log_images),
+        given by the caller (scn.inspect draws them), so tracking needs no tool above it."""
         import wandb
 
         config = to_container(cfg)
@@ -111,7 +115,8 @@ class WandbTracker:
             self.run = wandb.init(**{**kwargs, "mode": "offline"})
         self.run_id = self.run.id
         self.log_model = bool(cfg.logger.get("log_model", False))
-        self.log_images = bool(cfg.logger.get("log_images", False))
+        self.log_images = bool(cfg.logger.get("log_images", False)) and galleries is not None
+        self.galleries = galleries
         self.output_dir = output_dir
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
@@ -192,18 +197,20 @@ class WandbTracker:
         self.run.log({"epoch": last["epoch"], **tables})
 
     def _log_galleries(self, epoch: int) -> None:
-        from scn.inspect import wandb_galleries
-
         ckpt = next((c for c in ("best", "last") if (self.output_dir / f"{c}.pt").is_file()), None)
         if ckpt is None:
             log.warning("logger.log_images: no best.pt or last.pt to draw galleries from "
                         "(trainer.checkpoints=none); none logged")  # fmt: skip
             return
-        self.run.log({"epoch": epoch, **wandb_galleries(self.output_dir, ckpt)})
+        self.run.log({"epoch": epoch, **self.galleries(self.output_dir, ckpt)})
 
 
 def build_tracker(
-    cfg: DictConfig, output_dir: Path, run_id: str | None = None, job_type: str = "train"
+    cfg: DictConfig,
+    output_dir: Path,
+    run_id: str | None = None,
+    job_type: str = "train",
+    galleries: Callable[[Path, str], dict] | None = None,
 ):
     """The tracker for `cfg.logger`, grouped and named from Hydra's multirun state when present."""
     if cfg.logger.backend == "none":
@@ -224,4 +231,5 @@ def build_tracker(
         tags = [t[:64] for t in hc.job.override_dirname.split(",") if t]
         if hc.mode == RunMode.MULTIRUN:
             group = Path(hc.sweep.dir).name
-    return WandbTracker(cfg, output_dir, group, name, hydra_choices(), mode, run_id, job_type, tags)
+    return WandbTracker(cfg, output_dir, group, name, hydra_choices(), mode, run_id, job_type, tags,
+                        galleries)  # fmt: skip
