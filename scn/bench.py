@@ -370,8 +370,9 @@ def table(result: dict[str, Any]) -> str:
                      f"{t['train_ratio']:>7.2f}x")  # fmt: skip
         lines.append(f"{'12,271-image epoch (s)':<28}{t['epoch_s_per_sample']:>12.1f}"
                      f"{t['epoch_s_cached']:>12.1f}")  # fmt: skip
-        lines.append(f"{'SCN+RAN train step (img/s)':<28}{'':>12}{t['scn_ran_cached']:>12.1f}"
-                     f"{t['scn_ran_step_cost']:>7.2f}x SCN's step cost")  # fmt: skip
+        for key, name in (("scn_ran", "SCN+RAN"), ("eac", "EAC"), ("rul", "RUL")):
+            lines.append(f"{name + ' train step (img/s)':<28}{'':>12}{t[f'{key}_cached']:>12.1f}"
+                         f"{t[f'{key}_step_cost']:>7.2f}x SCN's step cost")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -27,8 +27,10 @@ def test_bench_writes_the_documented_json(tmp_path):
         assert ratio == pytest.approx(cached / per_sample, abs=slack)
     assert "pipeline 40 px" in proc.stderr and "train step" in proc.stderr
     t = result["train"]  # SCN+RAN next to SCN, same settings
-    assert t["scn_ran_cached"] > 0
-    rel = 0.05 / t["cached"] + 0.05 / t["scn_ran_cached"] + 0.01  # rounding, as above
-    assert t["scn_ran_step_cost"] == pytest.approx(t["cached"] / t["scn_ran_cached"], rel=rel)
+    for method in ("scn_ran", "eac", "rul"):  # each method's step next to SCN's
+        assert t[f"{method}_cached"] > 0
+        rel = 0.05 / t["cached"] + 0.05 / t[f"{method}_cached"] + 0.01  # rounding, as above
+        cost = t[f"{method}_step_cost"]
+        assert cost == pytest.approx(t["cached"] / t[f"{method}_cached"], rel=rel), method
     assert "SCN+RAN train step" in proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["b.json"]  # generated data cleaned up
