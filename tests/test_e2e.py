@@ -93,7 +93,9 @@ def test_backbone_options_train_a_tiny_epoch(tmp_path, cache_dir):
         "iresnet100",
     } <= set(options)
     # the deeper IResNets are iresnet18's code at other depths: test_config builds and steps them
-    swept = [o for o in options if o not in ("timm", "iresnet34", "iresnet50", "iresnet100")]
+    # inception_resnet_v1 needs 75 px: tests/test_facenet_weights.py trains it at 80
+    skip = ("timm", "iresnet34", "iresnet50", "iresnet100", "inception_resnet_v1")
+    swept = [o for o in options if o not in skip]
     tiny = [o for o in TINY if not o.startswith("backbone=")]
     tiny += ["trainer.epochs=1", "trainer.checkpoints=none"]
     proc = run_py(

