@@ -197,11 +197,6 @@ def check_batch(batch_size: int, d: Dist) -> int:
     return batch_size // d.world
 
 
-def start_time() -> datetime.datetime:
-    """The run's start time, rank 0's on every rank: run directories named from it agree."""
-    return current().broadcast_object(datetime.datetime.now())
-
-
 def parallel(
     model: torch.nn.Module, d: Dist, device: torch.device, sync_bn: bool | None
 ) -> torch.nn.Module:
