@@ -19,7 +19,6 @@ for their faces; unreadable files are tried again) and refuses other settings fo
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from scn.cli import run_cli
+from scn.cli import run_cli, tool_parser
 from scn.errors import UserError
 from scn.faces.align import DEFAULT_TEMPLATE, TEMPLATES, align_face, get_template
 from scn.faces.detect import DEFAULT_MIN_SCORE, DEFAULT_UPSAMPLE
@@ -378,11 +377,7 @@ def _run_task(task: Task) -> tuple[Task, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m scn.align",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser("align", __doc__)
     parser.add_argument("raw", help="folder of raw photos (class folders, split folders, or none)")
     parser.add_argument("out", help="folder to write the aligned dataset into")
     parser.add_argument(

@@ -228,6 +228,12 @@ def main(cfg: DictConfig) -> float:
     """Run `cfg.task` and return `cfg.optimized_metric` from its summary for sweepers."""
     if cfg.task not in TASKS:
         raise UserError(f"task={cfg.task!r}; available: {', '.join(TASKS)}")
+    missing = _missing_keys(cfg)
+    if missing:  # `???` left by an abstract base (dataset=_base) or a schema's required key
+        raise UserError(
+            f"{', '.join(missing)} must be set: choose a group option that sets them "
+            "(e.g. dataset=rafdb, backbone=resnet18) or give them on the command line"
+        )
     try:
         summary = TASKS[cfg.task](cfg)
     finally:
@@ -242,6 +248,25 @@ def main(cfg: DictConfig) -> float:
             f"choose one of {', '.join(k for k, v in summary.items() if isinstance(v, float))}"
         )
     return float(summary[metric])
+
+
+def _missing_keys(cfg: DictConfig) -> list[str]:
+    """The run's `???` keys, found without resolving interpolations (Hydra's own node left out:
+    its job keys are filled later)."""
+
+    def walk(node: Container, prefix: str) -> list[str]:
+        found = []
+        for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+            if not prefix and key == "hydra":
+                continue
+            child = node._get_node(key)
+            if isinstance(child, Container) and not child._is_none() and not child._is_missing():
+                found += walk(child, f"{prefix}{key}.")
+            elif child._is_missing():
+                found.append(f"{prefix}{key}")
+        return found
+
+    return sorted(walk(cfg, ""))
 
 
 def describe(e: BaseException) -> str:

@@ -46,8 +46,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from scn.cli import run_cli
-from scn.config import EACConfig, MethodConfig, RANConfig, RULConfig, SCNConfig
+from scn.cli import run_cli, tool_parser
+from scn.config import CONF_DIR, compose_config
 from scn.data.datasets import DataBundle, load_dataset
 from scn.data.pipeline import Pipeline
 from scn.data.synthetic import ensure_synthetic
@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 RAFDB_TRAIN_IMAGES = 12271
 RAFDB_TEST_IMAGES = 3068
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
-CONF_BACKBONES = Path(__file__).resolve().parents[1] / "conf" / "backbone"
+CONF_BACKBONES = CONF_DIR / "backbone"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RECIPE_AUG = {"flip_or_noise_p": 0.5, "noise_var": 30.0, "erasing_p": 0.5,
               "erasing_scale": (0.02, 0.25), "erasing_ratio": (0.3, 3.3)}  # fmt: skip
@@ -133,11 +133,7 @@ def train_rate(
     crops) fed by `pipe` over one epoch: `args.warmup` steps (worker start-up, compilation,
     CUDA-graph capture), then `args.train_batches` timed full batches."""
     torch.manual_seed(0)
-    node = {"eac": EACConfig, "rul": RULConfig}.get(method, MethodConfig)(name=method)
-    cfg = OmegaConf.create({"scn": OmegaConf.structured(SCNConfig),
-                            "ran": OmegaConf.structured(RANConfig),
-                            "method": OmegaConf.structured(node),
-                            "backbone": {"name": args.backbone}})  # fmt: skip
+    cfg = compose_config([f"method={method}", *backbone_overrides(args.backbone)])
     steps = build_method(cfg)
     model = steps.build_model(create_backbone(cfg.backbone), 7)
     accel = resolve_accel(OmegaConf.create({}), device, args.batch)
@@ -377,7 +373,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m scn.bench", description=__doc__.split("\n")[0])
+    p = tool_parser("bench", __doc__)
     p.add_argument("--out", default="bench.json", help="JSON results file (default: bench.json)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(

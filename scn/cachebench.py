@@ -37,7 +37,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
-from scn.cli import run_cli
+from scn.cli import run_cli, tool_parser
 from scn.data.readers import affectnet
 
 log = logging.getLogger(__name__)
@@ -411,9 +411,7 @@ def table(r: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m scn.cachebench", description=__doc__.strip().split("\n")[0]
-    )
+    p = tool_parser("cachebench", __doc__)
     p.add_argument("--images", type=int, default=50000, help="train images to generate")
     p.add_argument("--cache-size", type=int, default=224, help="cached side (default 224)")
     p.add_argument("--keep", default=None, help="generate into DIR and keep it (reused next time)")

@@ -1,7 +1,10 @@
-"""What the command-line tools share: logging to the terminal and one exit path for user errors."""
+"""What the command-line tools share: their parser, the options every tool that runs a model
+takes (--device, --batch-size, --dataset, --split), logging to the terminal and one exit path
+for user errors."""
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import datetime
 import logging
@@ -15,6 +18,60 @@ from scn.errors import JobFailed, UserError
 from scn.io import os_error_in, run_dir_error
 
 log = logging.getLogger("scn")
+
+
+def tool_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of `python -m scn.<module>`, described by the module's docstring as written."""
+    return argparse.ArgumentParser(
+        prog=f"python -m scn.{module}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser, *, device: str = "auto", batch_size: bool = True
+) -> None:
+    """--device (and --batch-size): where a tool runs its model and how many images at once."""
+    parser.add_argument(
+        "--device", default=device, help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)"
+    )
+    if batch_size:
+        parser.add_argument(
+            "--batch-size", type=int, default=64, help="images per batch (default: %(default)s)"
+        )
+
+
+def add_dataset_options(
+    parser: argparse.ArgumentParser,
+    *,
+    dataset: str | None = None,
+    split: str | None = None,
+    with_split: bool = True,
+    what: str = "the inputs",
+) -> None:
+    """--dataset NAME (a conf/dataset option, read as run.py composes it) and --split."""
+    from scn.config import CONF_DIR
+
+    names = sorted(p.stem for p in (CONF_DIR / "dataset").glob("[!_]*.yaml"))
+    parser.add_argument("--dataset", choices=names, default=dataset, metavar="NAME",
+                        help=f"read {what} as this dataset: {', '.join(names)}"
+                        + (" (default: %(default)s)" if dataset else ""))  # fmt: skip
+    if not with_split:
+        return
+    parser.add_argument("--split", choices=["train", "val", "test"], default=split,
+                        help="the dataset split to read" +
+                        (" (default: %(default)s)" if split else ""))  # fmt: skip
+
+
+def run_tool(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    call: Callable[[argparse.Namespace], Any],
+) -> int:
+    """Parse `argv` and run `call(args)` through run_cli: a tool's whole `main`."""
+    args = parser.parse_args(argv)
+    return run_cli(call, args)
 
 
 def run_cli(fn: Callable[..., Any], *args: Any) -> int:

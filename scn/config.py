@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -27,19 +28,25 @@ class RelabelScope(str, Enum):
 RRScope = Enum("RRScope", {"global": "global", "local": "local"}, type=str)
 
 
+# The schemas below give the groups' keys and types (a typo such as `scn.margn_1` or a wrong type
+# fails when the config is composed); the values and what each key means are in the group's YAML
+# (conf/scn/default.yaml, ...), the one source of every default. Tools outside run.py compose
+# conf/ (compose_config) rather than build these classes.
+
+
 @dataclass
 class SCNConfig:
-    """Typed `scn` group: a typo (`scn.margn_1`) or a wrong type fails when the config is composed.
-    `enabled` is the switch `method=` replaced: left null; set, the run stops naming the option."""
+    """Typed `scn` group. `enabled` is the switch `method=` replaced: left null; set, the run
+    stops naming the option."""
 
     enabled: bool | None = None
-    beta: float = 0.7
-    margin_1: float = 0.07
-    margin_2: float = 0.2
-    relabel_epoch: int = 10
-    relabel_scope: RelabelScope = RelabelScope.all
-    rr_weight: float = 1.0
-    rr_scope: RRScope = RRScope["global"]
+    beta: float = MISSING
+    margin_1: float = MISSING
+    margin_2: float = MISSING
+    relabel_epoch: int = MISSING
+    relabel_scope: RelabelScope = MISSING
+    rr_weight: float = MISSING
+    rr_scope: RRScope = MISSING
 
 
 class PretrainLoss(str, Enum):
@@ -52,32 +59,32 @@ class PretrainLoss(str, Enum):
 
 @dataclass
 class PretrainConfig:
-    """Typed `pretrain` group: typos and wrong types fail at compose time."""
+    """Typed `pretrain` group."""
 
-    loss: PretrainLoss = PretrainLoss.arcface
-    scale: float = 64.0
-    margin: float | None = None  # None: 0.5 for arcface, 0.35 for cosface, 0 for softmax
-    embedding_dim: int = 512
-    teacher: str | None = None  # distil a teacher's embeddings instead (facenet_casia)
+    loss: PretrainLoss = MISSING
+    scale: float = MISSING
+    margin: float | None = MISSING  # None: the loss's usual one
+    embedding_dim: int = MISSING
+    teacher: str | None = MISSING  # distil a teacher's embeddings instead (facenet_casia)
 
 
 @dataclass
 class RANConfig:
-    """Typed `ran` group (Region Attention Networks): typos and wrong types fail at compose time.
-    `enabled`: replaced by `method=ran` / `method=scn_ran` (see SCNConfig)."""
+    """Typed `ran` group (Region Attention Networks). `enabled`: replaced by `method=ran` /
+    `method=scn_ran` (see SCNConfig)."""
 
     enabled: bool | None = None
-    crops: Any = "released"  # a named set (scn.methods.ran.CROP_SETS) or boxes, checked there
-    region_size: int | None = None
-    face_size: int | None = None
-    margin: float = 0.02
-    rb_weight: float = 1.0
+    crops: Any = MISSING  # a named set (scn.methods.ran.CROP_SETS) or boxes, checked there
+    region_size: int | None = MISSING
+    face_size: int | None = MISSING
+    margin: float = MISSING
+    rb_weight: float = MISSING
 
 
 @dataclass
 class BackboneConfig:
-    """The keys every `backbone` option shares (each option file sets `name` and says what the
-    model implies); typed, so `backbone.weigths=...` fails at compose time."""
+    """The keys every `backbone` option shares, with their defaults (each option file sets `name`
+    and what its model implies): the one place these are written."""
 
     name: str = MISSING  # a timm model name (this project registers iresnet*, inception_resnet_v1)
     # a local pretrained file (format detected from its content: SCN MS-Celeb, msceleb, arcface,
@@ -100,29 +107,29 @@ class MethodConfig:
     """A `method` option without hyper-parameters of its own (scn, baseline, ran, scn_ran: theirs
     are in the `scn` and `ran` groups)."""
 
-    name: str = "scn"
+    name: str = MISSING
 
 
 @dataclass
 class EACConfig:
     """Typed `method=eac` (Erasing Attention Consistency)."""
 
-    name: str = "eac"
-    lam: float = 5.0
-    erasing_p: float = 0.5
-    erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.25])
-    erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3])
+    name: str = MISSING
+    lam: float = MISSING
+    erasing_p: float = MISSING
+    erasing_scale: list[float] = MISSING
+    erasing_ratio: list[float] = MISSING
 
 
 @dataclass
 class RULConfig:
     """Typed `method=rul` (Relative Uncertainty Learning)."""
 
-    name: str = "rul"
-    dim: int = 64
-    grid: int = 7
-    dropout: float = 0.4
-    fc_lr_mult: float = 1.0
+    name: str = MISSING
+    dim: int = MISSING
+    grid: int = MISSING
+    dropout: float = MISSING
+    fc_lr_mult: float = MISSING
 
 
 def register_configs() -> None:
@@ -157,10 +164,35 @@ def _format_run_start(pattern: str) -> str:
 OmegaConf.register_new_resolver("run_start", _format_run_start, use_cache=True, replace=True)
 
 
-def cache_dir(cfg: DictConfig) -> Path:
+def cache_dir(cfg: DictConfig | None = None) -> Path:
     """`paths.cache_dir` as a path (shared caches: decoded images, generated data, compiled code,
-    converted weights, teacher embeddings), resolved here for every caller."""
+    converted weights, teacher embeddings), resolved here for every caller; without a run's
+    config, the one conf/paths composes to (SCN_CACHE_DIR, else ~/.cache/scn)."""
+    if cfg is None or "paths" not in cfg or cfg.paths.get("cache_dir") is None:
+        cfg = compose_config()
     return Path(str(cfg.paths.cache_dir)).expanduser()
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """conf/ composed with `overrides` as run.py composes it, without running a job: how tools
+    outside run.py (predict, features, inspect, bench) read a group option, so every default has
+    its one source in conf/. Works inside a Hydra job too (its global state is put back)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    outer = GlobalHydra.instance()
+    saved = outer.hydra if outer.is_initialized() else None
+    outer.clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+        if saved is not None:
+            GlobalHydra.instance().initialize(saved)
 
 
 def instantiate(node: DictConfig, **kwargs: Any) -> Any:

@@ -13,7 +13,6 @@ checkpoints (class probabilities only: alpha and RAN's region weights need the c
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -32,7 +31,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 from torchvision.transforms.v2 import functional as F
 
-from scn.cli import run_cli
+from scn.cli import add_model_options, run_tool, tool_parser
 from scn.errors import UserError
 from scn.io import atomic_open
 from scn.models.backbones import Preprocessing
@@ -265,16 +264,15 @@ def load_exported(path: str | Path, device: str = "cpu") -> ExportedModel:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scn.export", description=__doc__)
+    parser = tool_parser("export", __doc__)
     parser.add_argument("checkpoint", help="best.pt or last.pt written by a training run")
     parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     parser.add_argument(
         "--out",
         help="file to write (default: beside the checkpoint, .onnx or .torchscript.pt)",
     )
-    parser.add_argument("--device", default="cpu", help="device to trace on (default: %(default)s)")
-    args = parser.parse_args(argv)
-    return run_cli(export, args.checkpoint, args.fmt, args.out, args.device)
+    add_model_options(parser, device="cpu", batch_size=False)  # the device it is traced on
+    return run_tool(parser, argv, lambda a: export(a.checkpoint, a.fmt, a.out, a.device))
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ representation P and `region_weights` (N, K+1) holds the region weights, the who
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from scn.cli import run_cli
+from scn.cli import add_dataset_options, add_model_options, run_tool, tool_parser
 from scn.inference import dataset_images, find_images, finish_report, iter_batches, load_any
 from scn.io import make_output_dir
 
@@ -73,10 +72,7 @@ def export(source: str, inputs: str, out: str, backbone: str | None = None, spli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m scn.features", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    parser = tool_parser("features", __doc__)
     parser.add_argument(
         "source", help="a checkpoint of this project, or backbone weights (--backbone)"
     )
@@ -85,26 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backbone", help="architecture of raw weights, e.g. iresnet18 or resnet18"
     )
-    parser.add_argument(
-        "--split", choices=["train", "val", "test"], help="export a dataset split with labels"
-    )
-    parser.add_argument(
-        "--dataset", default="rafdb", help="format of the dataset root (default: %(default)s)"
-    )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    return run_cli(
-        export,
-        args.source,
-        args.inputs,
-        args.out,
-        args.backbone,
-        args.split,
-        args.batch_size,
-        args.device,
-        args.dataset,
-    )
+    add_dataset_options(parser, dataset="rafdb", what="INPUTS (with --split, labels exported too)")
+    add_model_options(parser)
+    return run_tool(parser, argv, lambda a: export(
+        a.source, a.inputs, a.out, a.backbone, a.split, a.batch_size, a.device, a.dataset
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":

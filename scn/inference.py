@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from scn.checkpoints import load_checkpoint
-from scn.data.datasets import dataset_config, default_cache_dir, load_dataset
+from scn.config import cache_dir as config_cache_dir
+from scn.data.datasets import dataset_config, load_dataset
 from scn.data.sources import FileImages, ImageList
 from scn.data.transforms import EvalTransform
 from scn.errors import UserError
@@ -135,7 +136,7 @@ def dataset_images(
     name: str, root: str | Path, split: str, cache_dir: Path | None = None
 ) -> tuple[ImageList, np.ndarray]:
     """One split of a dataset of any format the project reads, with its clean labels."""
-    data = load_dataset(dataset_config(name, root), cache_dir or default_cache_dir())
+    data = load_dataset(dataset_config(name, root), cache_dir or config_cache_dir())
     chosen = {"train": data.train, "val": data.val, "test": data.test}[split]
     if chosen is None:
         raise UserError(f"--split val: {name} at {root} has no validation split of its own")

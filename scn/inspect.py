@@ -10,7 +10,6 @@ base64 data URI, so the page opens alone) and one PNG grid per section.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import html
@@ -26,8 +25,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from scn.checkpoints import load_checkpoint
-from scn.cli import run_cli
-from scn.data.datasets import Split, dataset_config, default_cache_dir, load_dataset
+from scn.cli import add_dataset_options, add_model_options, run_tool, tool_parser
+from scn.config import cache_dir
+from scn.data.datasets import Split, dataset_config, load_dataset
 from scn.errors import UserError
 from scn.inference import LoadedModel, finish_report, iter_batches, load_model
 from scn.io import make_output_dir
@@ -315,9 +315,7 @@ def build_sections(
         if dataset:
             raise UserError("--dataset names the format of --data ROOT; pass --data too")
         dcfg = lm.config.dataset
-    paths = lm.config.get("paths") or {}
-    cache = Path(str(paths["cache_dir"])).expanduser() if paths.get("cache_dir") else None
-    bundle = load_dataset(dcfg, cache or default_cache_dir())
+    bundle = load_dataset(dcfg, cache_dir(lm.config))
     names = lm.class_names
     if len(bundle.class_names) != len(names):
         raise UserError(
@@ -427,31 +425,18 @@ def wandb_galleries(run_dir: Path, ckpt: str = "best", per_class: int = 4) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m scn.inspect",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser("inspect", __doc__)
     parser.add_argument("run_dir", help="a run's output folder (holds best.pt / last.pt)")
     parser.add_argument("--ckpt", choices=("best", "last"), default="best")
     parser.add_argument("--out", help="output folder (default: RUN_DIR/inspect)")
     parser.add_argument("--per-class", type=int, default=4, help="images per class and gallery")
     parser.add_argument("--data", help="a dataset root to inspect instead of the run's dataset")
-    parser.add_argument(
-        "--dataset", help="the format of --data (a conf/dataset option, e.g. rafdb)"
-    )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
-    args = parser.parse_args(argv)
-    return run_cli(
-        inspect_run,
-        Path(args.run_dir),
-        args.ckpt,
-        Path(args.out) if args.out else None,
-        args.per_class,
-        args.data,
-        args.dataset,
-        args.device,
-    )
+    add_dataset_options(parser, with_split=False, what="--data (default: the run's dataset)")
+    add_model_options(parser, batch_size=False)
+    return run_tool(parser, argv, lambda a: inspect_run(
+        Path(a.run_dir), a.ckpt, Path(a.out) if a.out else None, a.per_class, a.data, a.dataset,
+        a.device,
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":

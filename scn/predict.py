@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from scn.cli import run_cli
+from scn.cli import add_dataset_options, add_model_options, run_tool, tool_parser
 from scn.errors import UserError
 from scn.export import ExportedModel, exported_format, load_exported
 from scn.faces.align import DEFAULT_TEMPLATE, TEMPLATES
@@ -123,20 +123,16 @@ def predict_faces(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scn.predict", description=__doc__)
+    parser = tool_parser("predict", __doc__)
     parser.add_argument("checkpoint", help="best.pt or last.pt written by a training run")
     parser.add_argument(
         "images", help="an image, a folder (searched recursively), a list file, or a dataset root"
     )
-    parser.add_argument("--dataset", help="read IMAGES as this dataset (rafdb, ferplus, ...)")
-    parser.add_argument(
-        "--split", default="test", choices=["train", "val", "test"], help="with --dataset"
-    )
     parser.add_argument(
         "--out", default="predictions.csv", help="CSV to write (default: %(default)s)"
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_dataset_options(parser, split="test", what="IMAGES")
+    add_model_options(parser)
     faces = parser.add_argument_group(
         'faces in photos and videos (--detect; needs the faces extra: pip install -e ".[faces]")'
     )
@@ -172,26 +168,20 @@ def main(argv: list[str] | None = None) -> int:
     faces.add_argument(
         "--annotate", metavar="DIR", help="write the photos (and videos, as MP4) with faces drawn"
     )
-    args = parser.parse_args(argv)
-    detect = None
-    if args.detect:
-        if args.frame_stride < 1:
-            parser.error("--frame-stride must be at least 1")
-        detect = DetectSettings(args.template, args.align_size, args.min_score, args.upsample,
-                                args.frame_stride, args.annotate)  # fmt: skip
-    elif args.annotate or args.template or args.align_size or args.frame_stride != 1:
-        parser.error("--annotate, --template, --align-size and --frame-stride need --detect")
-    return run_cli(
-        predict,
-        args.checkpoint,
-        args.images,
-        args.out,
-        args.batch_size,
-        args.device,
-        args.dataset,
-        args.split,
-        detect,
-    )
+
+    def call(args: argparse.Namespace) -> int:
+        detect = None
+        if args.detect:
+            if args.frame_stride < 1:
+                parser.error("--frame-stride must be at least 1")
+            detect = DetectSettings(args.template, args.align_size, args.min_score, args.upsample,
+                                    args.frame_stride, args.annotate)  # fmt: skip
+        elif args.annotate or args.template or args.align_size or args.frame_stride != 1:
+            parser.error("--annotate, --template, --align-size and --frame-stride need --detect")
+        return predict(args.checkpoint, args.images, args.out, args.batch_size, args.device,
+                       args.dataset, args.split, detect)  # fmt: skip
+
+    return run_tool(parser, argv, call)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ folder) are listed in a section of their own.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import functools
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from scn.cli import run_cli
+from scn.cli import run_tool, tool_parser
 from scn.engine.summary import rule_figures
 from scn.errors import UserError
 from scn.io import make_output_dir
@@ -490,12 +489,12 @@ def write_report(root: Path, out: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scn.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = tool_parser("report", __doc__)
     parser.add_argument("runs", help="a multirun folder or any folder holding runs")
     parser.add_argument("--out", help="output folder (default: the runs folder)")
-    args = parser.parse_args(argv)
-    return run_cli(write_report, Path(args.runs), Path(args.out) if args.out else None)
+    return run_tool(
+        parser, argv, lambda a: write_report(Path(a.runs), Path(a.out) if a.out else None)
+    )
 
 
 if __name__ == "__main__":

@@ -9,11 +9,16 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
+from scn.app import main as app_main
 from scn.config import RelabelScope, instantiate, to_container
+from scn.errors import UserError
 from scn.models.backbones import create_backbone, feature_dim, resolve_preprocessing
 from tests.conftest import CONF, compose_cfg
 
-GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir()}
+# `_base.yaml`: a group's abstract base, extended by its options and not one itself
+GROUPS = {
+    g.name: sorted(p.stem for p in g.glob("[!_]*.yaml")) for g in CONF.iterdir() if g.is_dir()
+}
 GROUPS.pop("local")
 OPTIONS = [(g, o) for g, opts in sorted(GROUPS.items()) for o in opts]
 
@@ -58,6 +63,24 @@ def test_groups_hold_the_required_options():
         "method": ["scn", "baseline", "ran", "scn_ran", "eac", "rul"],
     }.items():
         assert set(options) <= set(GROUPS[group]), group
+
+
+def test_dataset_options_extend_the_abstract_base_and_repeat_none_of_its_defaults():
+    """One source per default: an option sets its own keys and what it changes, nothing else
+    (`class_names: null` excepted: each option says what null means for its format)."""
+    base = OmegaConf.to_container(OmegaConf.load(CONF / "dataset" / "_base.yaml"))
+    for option in GROUPS["dataset"]:
+        node = OmegaConf.to_container(OmegaConf.load(CONF / "dataset" / f"{option}.yaml"))
+        assert node.pop("defaults") == ["_base", "_self_"], option
+        assert {"name", "format", "root"} <= set(node), option
+        for key, value in node.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                same = [k for k, v in value.items() if base[key].get(k) == v]
+                assert not same, f"dataset={option} repeats {key}.{same} of _base.yaml"
+            elif key in base and key != "class_names":
+                assert value != base[key], f"dataset={option} repeats {key}: {value} of _base.yaml"
+    with pytest.raises(UserError, match="dataset.format, dataset.name, dataset.root must be set"):
+        app_main(compose_cfg(["dataset=_base"]))  # abstract: refused before anything runs
 
 
 @pytest.mark.parametrize("group,option", OPTIONS)

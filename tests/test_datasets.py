@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from scn.data.datasets import load_dataset
+from scn.data.datasets import dataset_config, load_dataset
 from scn.data.labels import RAFDB_LABEL_FILE
 from scn.data.noise import symmetric_noise
 from scn.data.sources import load_rgb
@@ -17,9 +17,7 @@ ROWS = [(f"train_{i:05d}.jpg", i % 7 + 1) for i in range(1, 15)] + [
 
 
 def dcfg(root, **kw):
-    base = OmegaConf.load("conf/dataset/rafdb.yaml")
-    base.root = str(root)
-    return OmegaConf.merge(base, kw)
+    return OmegaConf.merge(dataset_config("rafdb", root), kw)
 
 
 def test_loads_rafdb_layout_split_by_prefix(tmp_path):
@@ -163,11 +161,16 @@ def test_skip_unreadable_logs_counts_and_skips(tmp_path, caplog):
         load_dataset(dcfg(root), tmp_path / "cache")
 
 
-def test_dataset_config_for_tools_extends_rafdb(tmp_path):
+@pytest.mark.parametrize("name", ["rafdb", "synthetic", "affectnet", "identities"])
+def test_tools_read_a_dataset_option_as_run_py_composes_it(name, tmp_path):
     from scn.data.datasets import dataset_config
+    from tests.conftest import compose_cfg
 
-    cfg = dataset_config("synthetic", tmp_path)
-    assert cfg.root == str(tmp_path) and cfg.format == "rafdb" and cfg.name == "synthetic"
-    assert list(cfg.class_names)[0] == "Surprise" and cfg.noise.rate == 0.0
+    composed = compose_cfg([f"dataset={name}", f"dataset.root={tmp_path}"]).dataset
+    tool = dataset_config(name, tmp_path)
+    assert OmegaConf.to_container(tool, resolve=True) == OmegaConf.to_container(
+        composed, resolve=True
+    )
+    assert tool.root == str(tmp_path) and tool.name == name and tool.noise.rate == 0.0
     with pytest.raises(UserError, match="unknown dataset 'raf' .*known: .*rafdb"):
         dataset_config("raf", tmp_path)

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from scn.data.datasets import load_dataset
+from scn.data.datasets import dataset_config, load_dataset
 from scn.data.pipeline import build_pipeline
 from scn.data.sampler import class_balanced_weights, epoch_order
 from scn.errors import UserError
@@ -50,8 +49,8 @@ def test_both_pipelines_visit_the_balanced_order(tmp_path):
     rows = [(f"train_{i:05d}.jpg", 1 if i <= 12 else 2) for i in range(1, 16)]
     rows += [("test_0001.jpg", 1), ("test_0002.jpg", 2)]
     root = write_rafdb(tmp_path / "raf", rows, size=12)
-    dcfg = OmegaConf.load("conf/dataset/rafdb.yaml")
-    dcfg.root, dcfg.sampler = str(root), "balanced"
+    dcfg = dataset_config("rafdb", root)
+    dcfg.sampler = "balanced"
     data = load_dataset(dcfg, tmp_path)
     seen = {}
     for kind in ("cached", "files"):

@@ -4,17 +4,17 @@ every format (each format's files are read by its reader in scn/data/readers/)."
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import Dataset
 
+from scn.config import CONF_DIR
 from scn.data.check import unreadable_images
 from scn.data.labels import parse_label_file
 from scn.data.noise import stratified_split, symmetric_noise
@@ -88,35 +88,21 @@ class DataBundle:
     files: dict[str, ImageList] = field(default_factory=dict)  # every image per dataset split
 
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
 def dataset_config(name: str, root: str | Path) -> DictConfig:
-    """conf/dataset/<name>.yaml merged with the options its defaults list extends, with `root`:
-    the dataset settings a tool outside run.py (predict, features, inspect) reads a dataset with."""
+    """The `dataset=<name>` option as run.py composes it, with `root`: the dataset settings a tool
+    outside run.py (predict, features, inspect) reads a dataset with."""
+    from hydra.errors import ConfigCompositionException
 
-    def load(option: str) -> DictConfig:
-        path = CONF_DIR / "dataset" / f"{option}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-            raise UserError(f"unknown dataset {option!r} (--dataset); known: {', '.join(known)}")
-        node = OmegaConf.load(path)
-        defaults = list(node.pop("defaults", []))
-        if "_self_" not in defaults:
-            defaults.append("_self_")
-        merged = OmegaConf.create()
-        for entry in defaults:
-            merged = OmegaConf.merge(merged, node if entry == "_self_" else load(entry))
-        return merged
+    from scn.config import compose_config
 
-    cfg = load(name)
-    cfg.root = str(root)
-    return cfg
-
-
-def default_cache_dir() -> Path:
-    """paths.cache_dir's default (conf/paths/default.yaml), for tools that run without Hydra."""
-    return Path(os.environ.get("SCN_CACHE_DIR", "~/.cache/scn")).expanduser()
+    try:
+        cfg = compose_config([f"dataset={name}"])
+    except ConfigCompositionException as e:
+        known = sorted(p.stem for p in (CONF_DIR / "dataset").glob("[!_]*.yaml"))
+        raise UserError(f"unknown dataset {name!r} (--dataset); known: {', '.join(known)}") from e
+    dcfg = cfg.dataset
+    dcfg.root = str(root)
+    return dcfg
 
 
 def resolve_root(dcfg: DictConfig, cache_dir: Path) -> Path:

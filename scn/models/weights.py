@@ -15,8 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from scn.config import cache_dir
-from scn.data.datasets import default_cache_dir
+from scn.config import cache_dir as config_cache_dir
 from scn.errors import UserError
 from scn.models import facenet
 from scn.models.backbones import Preprocessing, resolve_preprocessing
@@ -187,7 +186,7 @@ def load_pretrained(
     path = resolve_weights_path(path)
     if path.is_file() and facenet.is_graphdef(path):  # a TensorFlow graph, converted once
         obj, fmt = None, facenet.FORMAT
-        sd, dropped = facenet.graph_state_dict(path, cache_dir or default_cache_dir()), []
+        sd, dropped = facenet.graph_state_dict(path, cache_dir or config_cache_dir()), []
     else:
         obj = read_weights_file(path, unsafe)
         fmt = detect_format(obj, path)
@@ -259,8 +258,7 @@ def initial_weights(model: nn.Module, backbone: nn.Module, cfg, saved: dict | No
     implied = None
     b = cfg.backbone
     if b.weights:
-        cache = cache_dir(cfg) if "paths" in cfg else None
         implied = load_pretrained(
-            model, b.weights, b.weights_strict, b.weights_unsafe, cache
+            model, b.weights, b.weights_strict, b.weights_unsafe, config_cache_dir(cfg)
         ).preprocessing
     return resolve_preprocessing(b, cfg.dataset.image_size, backbone, implied)
