@@ -46,6 +46,22 @@ def untimed_rows(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
+def finished_run(run_dir: Path) -> dict:
+    """summary.json of a finished run, checked against its metrics.jsonl: the reported test/acc is
+    the selected epoch's, and that is the accuracy recomputed by hand from the epoch's confusion
+    matrix (trace over sum), so a run that mis-scores or skips evaluation fails here; every
+    training loss is finite."""
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    rows = untimed_rows(Path(run_dir) / "metrics.jsonl")
+    row = [r for r in rows if r["epoch"] == summary["selected_epoch"]][-1]
+    confusion = np.asarray(row["test/confusion"])
+    assert confusion.sum() > 0, run_dir
+    assert summary["test/acc"] == row["test/acc"]
+    assert row["test/acc"] == pytest.approx(np.trace(confusion) / confusion.sum(), abs=1e-6)
+    assert all(np.isfinite(r["train/loss"]) for r in rows), rows
+    return summary
+
+
 def run_py(
     args, cwd, cache_dir, script=None, full_error=False, **env
 ) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ from scn.data.augment import BatchTrain
 from scn.errors import UserError
 from scn.models.backbones import Preprocessing
 from scn.runtime.distributed import Dist, check_batch
-from tests.conftest import ROOT, TINY, tiny_args
+from tests.conftest import ROOT, TINY, finished_run, tiny_args
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -201,5 +201,4 @@ def test_two_gpus_train_with_nccl_and_the_speed_settings(tmp_path, cache_dir):
     args = [*tiny_args("trainer.device=auto"), "scn.relabel_epoch=1", "hydra.run.dir=out"]
     proc = torchrun([str(ROOT / "run.py"), *args], tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["epochs"] == 2 and 0.0 <= summary["test/acc"] <= 1.0
+    assert finished_run(tmp_path / "out")["epochs"] == 2

@@ -22,7 +22,7 @@ from scn.engine.verify import best_threshold, verification_accuracy
 from scn.errors import UserError
 from scn.models.backbones import create_backbone
 from scn.models.margin import MarginHead, logits_cross_entropy
-from tests.conftest import compose_cfg, run_py, tiny_args
+from tests.conftest import compose_cfg, run_py, tiny_args, untimed_rows
 
 
 def head_with_axes(loss: str, scale: float, margin: float) -> MarginHead:
@@ -258,7 +258,10 @@ def test_pretrain_writes_a_backbone_a_training_run_loads_strictly(tmp_path, cach
     r = run_py(args, tmp_path, cache_dir)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "pt" / "summary.json").read_text())
-    assert 0 <= summary["verify/acc"] <= 1 and "train/id_acc" in summary
+    rows = untimed_rows(tmp_path / "pt" / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1] and summary["selected_epoch"] == 1
+    assert summary["verify/acc"] == rows[0]["verify/acc"] and "train/id_acc" in summary
+    assert all(0 < r["train/loss"] < float("inf") for r in rows)  # a margin loss is positive
     assert summary["identities"] == 10 and summary["selected_on"] == "verify"  # 2 held out
     saved = torch.load(tmp_path / "pt" / "backbone.pth", weights_only=True)
     assert set(saved) == {"state_dict", "preprocessing"}
