@@ -121,7 +121,7 @@ def resume_source(cfg: DictConfig, output_dir: Path) -> tuple[Any, str | None]:
     requeueing the job, or any start with trainer.auto_resume=true: scn.runtime.restart_reason)
     runs the same command in the same directory: it resumes from the newest last.pt it left there,
     or, with none yet, starts over there (from `ckpt_path` when given). Otherwise `ckpt_path`."""
-    reason = restart_reason(bool(cfg.trainer.get("auto_resume", False)))
+    reason = restart_reason(bool(cfg.trainer.auto_resume))
     if reason is None:
         return cfg.ckpt_path, None
     remove_stray_temp_files(output_dir)  # a write the previous start did not finish
@@ -291,7 +291,7 @@ def run_job(cfg: DictConfig) -> float | sweep.FailedJob:
         text = str(e) if user else "".join(traceback.format_exception(e))
         if job is not None:
             sweep.record_failure(job, text)
-            if cfg.get("continue_on_error", True):
+            if cfg.continue_on_error:
                 return sweep.FailedJob(job.num, sweep.first_line(text))
         else:
             _write_to_log_files(text)

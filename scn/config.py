@@ -195,6 +195,24 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
             GlobalHydra.instance().initialize(saved)
 
 
+# groups whose options set only Hydra's own settings (sweeper, launcher): no run keys to complete
+_HYDRA_ONLY_GROUPS = ("hparams_search", "launcher")
+
+
+def complete_config(stored: dict, choices: dict[str, str] | None = None) -> DictConfig:
+    """A config stored in a checkpoint, with every key it lacks (it was written before the key
+    existed) taken from conf/'s defaults for the group options it was composed from (`choices`),
+    so the YAML stays the one source of defaults for old checkpoints too. Stored values win."""
+    overrides = [
+        f"{group}={option}"
+        for group, option in (choices or {}).items()
+        if group not in _HYDRA_ONLY_GROUPS and (CONF_DIR / group / f"{option}.yaml").is_file()
+    ]
+    # plain (schema-free) defaults, so a stored key today's conf/ no longer has is kept
+    defaults = OmegaConf.to_container(compose_config(overrides), resolve=False)
+    return OmegaConf.merge(OmegaConf.create(defaults), stored)
+
+
 def instantiate(node: DictConfig, **kwargs: Any) -> Any:
     """Every object built from config goes through here, so Hydra-version changes live in one place."""
     return hydra.utils.instantiate(node, **kwargs)

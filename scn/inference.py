@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from scn.checkpoints import load_checkpoint
+from scn.config import BackboneConfig, complete_config
 from scn.config import cache_dir as config_cache_dir
 from scn.data.datasets import dataset_config, load_dataset
 from scn.data.sources import FileImages, ImageList
@@ -57,7 +58,7 @@ def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
     """Load one of this project's checkpoints (best.pt / last.pt) for inference; the model is
     rebuilt by the method the checkpoint's config names."""
     state = load_checkpoint(path)
-    cfg = OmegaConf.create(state["config"])
+    cfg = complete_config(state["config"], state.get("choices"))
     class_names = list(state["class_names"])
     if cfg.get("task") == "pretrain":
         raise UserError(
@@ -82,7 +83,7 @@ def load_backbone_weights(
     path: str | Path, backbone: str, device: str = "auto", strict: bool = True
 ) -> LoadedModel:
     """Raw pretrained backbone weights (any format scn.models.weights reads) for feature export."""
-    bcfg = OmegaConf.create({"name": backbone, "input_size": None, "mean": None, "std": None})
+    bcfg = OmegaConf.structured(BackboneConfig(name=backbone))  # the shared backbone defaults
     model = SCNModel(create_backbone(bcfg), num_classes=1, scn=False)
     report = load_pretrained(model, path, strict=strict)
     if report.format == "scn":

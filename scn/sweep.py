@@ -136,7 +136,7 @@ def _setup_failed(config: DictConfig, e: OSError) -> Any:
               Path(str(hc.sweep.dir)), list(hc.overrides.task))  # fmt: skip
     text = run_dir_error(e)
     record_failure(job, text)
-    if not config.get("continue_on_error", True):
+    if not config.continue_on_error:
         raise JobFailed(text, 2) from e
     ret = JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED)
     ret.return_value = FailedJob(job.num, first_line(text))

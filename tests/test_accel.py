@@ -8,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from scn.app import train
+from scn.config import compose_config
 from scn.engine.accel import resolve_accel
 from scn.errors import UserError
 from scn.methods.scn import SCNModel
@@ -18,8 +19,12 @@ from tests.conftest import compose_cfg, tiny_args
 CPU = torch.device("cpu")
 
 
+TRAINER = compose_config().trainer  # conf/trainer's defaults: auto everywhere
+
+
 def settings(**kw):
-    return OmegaConf.create(kw)
+    """The trainer's defaults with `kw` set, as a command line would set them."""
+    return OmegaConf.merge(TRAINER, kw)
 
 
 def test_auto_on_cpu_is_fp32_without_compile_but_channels_last():

@@ -175,6 +175,30 @@ def test_checkpoint_that_does_not_fit_is_named(trained, tmp_path):
         load_model(bad)
 
 
+def test_a_checkpoint_from_before_a_key_takes_its_default_from_conf(trained, tmp_path):
+    """A checkpoint written before a key existed loads with the key's default from conf/ (the
+    one source of defaults), keeps its own values, and evaluates to its training accuracy."""
+    run_dir, summary = trained
+    state = torch.load(run_dir / "best.pt", weights_only=True)
+    for group, key in (("dataset", "pipeline"), ("dataset", "sampler"), ("trainer", "cuda_graphs"),
+                       ("scn", "rr_scope")):  # fmt: skip
+        del state["config"][group][key]
+    state["config"]["dataset"]["retired"] = 1  # a key this release no longer has is kept
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    cfg = load_model(old).config
+    assert (cfg.dataset.pipeline, cfg.dataset.sampler, cfg.trainer.cuda_graphs) == (
+        "cached",
+        "uniform",
+        "auto",
+    )
+    assert cfg.scn.rr_scope == "global" and cfg.dataset.retired == 1
+    assert cfg.dataset.synthetic.train_per_class == 6  # the run's value, not dataset=synthetic's
+    # task=eval without a dataset override reads the checkpoint's own dataset config
+    eval_cfg = compose_cfg(["task=eval", f"ckpt_path={old}", "logger=none"], tmp_path / "eval")
+    assert run_task(eval_cfg) == summary["test/acc"]
+
+
 def test_cli_writes_predictions_csv_in_the_current_directory(trained, tmp_path, tiny_synthetic):
     import subprocess
     import sys

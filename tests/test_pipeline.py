@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from scn.data.cache import ImageStore
-from scn.data.datasets import load_dataset
+from scn.data.datasets import dataset_config, load_dataset
 from scn.data.pipeline import Pipeline, build_pipeline
 from scn.errors import UserError
 from scn.models.backbones import Preprocessing as Pre
@@ -22,17 +22,8 @@ def data(tmp_path):
     rows = [(f"train_{i:05d}.jpg", i % 7 + 1) for i in range(1, 22)]
     rows += [(f"test_{i:04d}.jpg", i % 7 + 1) for i in range(1, 10)]
     root = write_rafdb(tmp_path / "raf", rows, size=20)
-    dcfg = OmegaConf.create(
-        {
-            "name": "rafdb",
-            "root": str(root),
-            "label_file": None,
-            "label_format": "auto",
-            "class_names": list("ABCDEFG"),
-            "noise": {"rate": 0.0, "seed": 0},
-            "val_fraction": 0.3,
-            "val_seed": 0,
-        }  # fmt: skip
+    dcfg = OmegaConf.merge(
+        dataset_config("rafdb", root), {"class_names": list("ABCDEFG"), "val_fraction": 0.3}
     )
     return load_dataset(dcfg, tmp_path)
 
@@ -82,7 +73,7 @@ def test_batches_can_be_kept(data, tmp_path):
 
 
 def test_unknown_pipeline_is_named(data, tmp_path):
-    dcfg = OmegaConf.create({"pipeline": "fast", "augmentation": AUG})
+    dcfg = OmegaConf.merge(dataset_config("rafdb", tmp_path), {"pipeline": "fast"})
     with pytest.raises(UserError, match="dataset.pipeline='fast'"):
         build_pipeline(dcfg, data, Pre(28, MEAN, STD), torch.device("cpu"),
                        memory_format=torch.channels_last, cache_dir=tmp_path)  # fmt: skip

@@ -155,7 +155,7 @@ def _drop_missing(
     """Refuse (or with dataset.skip_unreadable, log and drop) images that are absent or unreadable."""
     images = found.images
     missing = images.missing()
-    skip = bool(dcfg.get("skip_unreadable", False))
+    skip = bool(dcfg.skip_unreadable)
     if missing and not skip:
         raise UserError(
             f"{len(missing)} {split} images are missing, e.g. {images.describe(missing[0])}; "
@@ -184,7 +184,7 @@ def load_dataset(dcfg: DictConfig, cache_dir: Path) -> DataBundle:
     """Read the dataset with its format's reader, then apply label_file / noise / val split the
     same way for every format."""
     root = resolve_root(dcfg, cache_dir)
-    found = get_reader(dcfg.get("format", "rafdb"))(dcfg, root)
+    found = get_reader(dcfg.format)(dcfg, root)
     class_names = list(found.class_names)
     num_classes = len(class_names)
     notes = list(found.notes)

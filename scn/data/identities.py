@@ -204,8 +204,8 @@ def split_identities(
 ) -> tuple[DatasetFiles, np.ndarray, np.ndarray, np.ndarray]:
     """Train on most identities; verify on pairs of the held-out ones (or of dataset.verify_pairs).
     DatasetFiles' class names are the training identities, then the held-out ones."""
-    seed = int(dcfg.get("verify_seed", 0))
-    if dcfg.get("verify_pairs"):
+    seed = int(dcfg.verify_seed)
+    if dcfg.verify_pairs:
         image_root = Path(str(dcfg.verify_root or dcfg.root)).expanduser()
         names, rows, k = read_pairs_file(Path(str(dcfg.verify_pairs)).expanduser(), image_root)
         test = FileImages([image_root / n for n in names], names)
@@ -263,7 +263,7 @@ def read_identity_files(dcfg: DictConfig, root: Path):
 
 def resolve_identity_root(dcfg: DictConfig, cache_dir: Path) -> Path:
     """dataset.root, or the demo identities generated into the cache when root is null."""
-    if dcfg.root is None and dcfg.get("synthetic"):
+    if dcfg.root is None and dcfg.synthetic:
         from scn.data.synthetic import ensure_identities
 
         return ensure_identities(cache_dir, **dcfg.synthetic)
@@ -274,10 +274,10 @@ def resolve_identity_root(dcfg: DictConfig, cache_dir: Path) -> Path:
 
 def load_identities(dcfg: DictConfig, cache_dir: Path) -> IdentityData:
     """The pretraining bundle: training identities and the verification pairs."""
-    if dcfg.get("format") != "identities":
+    if dcfg.format != "identities":
         raise UserError(
             f"task=pretrain needs identity data (dataset=identities), not dataset.format="
-            f"{dcfg.get('format')}"
+            f"{dcfg.format}"
         )
     if dcfg.noise.rate > 0 or dcfg.label_file or dcfg.val_fraction > 0:
         raise UserError(

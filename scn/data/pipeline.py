@@ -245,10 +245,9 @@ def build_pipeline(
     progress: bool = False,
     dist: Dist = SINGLE,
 ) -> Pipeline:
-    """The dataset config's pipeline at the model's preprocessing `pre` (input_size, mean, std);
-    checkpoints from before `dataset.pipeline` get `cached`."""
+    """The dataset config's pipeline at the model's preprocessing `pre` (input_size, mean, std)."""
     return Pipeline(
-        dcfg.get("pipeline", "cached"),
+        dcfg.pipeline,
         data,
         pre.input_size,
         pre.mean,
@@ -256,10 +255,10 @@ def build_pipeline(
         dict(dcfg.augmentation),
         device,
         memory_format=memory_format,
-        num_workers=resolve_workers(dcfg.get("num_workers", "auto"), device),
+        num_workers=resolve_workers(dcfg.num_workers, device),
         cache_dir=cache_dir,
-        cache_size=dcfg.get("cache_size"),
+        cache_size=dcfg.cache_size,
         progress=progress,
-        sampler=dcfg.get("sampler", "uniform"),
+        sampler=dcfg.sampler,
         dist=dist,
     )

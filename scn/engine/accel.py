@@ -111,7 +111,7 @@ def resolve_accel(tcfg: DictConfig, device: torch.device, batch_size: int,
                   distributed: bool = False) -> Accel:  # fmt: skip
     """Turn the trainer's auto/explicit settings into concrete ones for this device."""
     cuda = device.type == "cuda"
-    precision = tcfg.get("precision", "auto")
+    precision = tcfg.precision
     if precision == "auto":
         bf16_ok = cuda and torch.cuda.is_bf16_supported()
         precision = "bf16" if bf16_ok else ("fp16" if cuda else "fp32")
@@ -120,16 +120,16 @@ def resolve_accel(tcfg: DictConfig, device: torch.device, batch_size: int,
     if precision == "fp16" and not cuda:
         raise UserError("trainer.precision=fp16 needs CUDA; on CPU use fp32 or bf16")
 
-    channels_last = _flag(tcfg.get("channels_last", "auto"), "channels_last")
+    channels_last = _flag(tcfg.channels_last, "channels_last")
     if channels_last is None:
         channels_last = True
 
-    compile_ = _flag(tcfg.get("compile", "auto"), "compile")
+    compile_ = _flag(tcfg.compile, "compile")
     if compile_ is None:
         compile_ = cuda and importlib.util.find_spec("triton") is not None
         if cuda and not compile_:
             log.warning("trainer.compile=auto: triton is not installed, so the model runs eagerly")
-    graphs = _flag(tcfg.get("cuda_graphs", "auto"), "cuda_graphs")
+    graphs = _flag(tcfg.cuda_graphs, "cuda_graphs")
     if graphs is None:
         # not under torchrun: DDP's gradient all-reduce runs between the captured graphs
         graphs = cuda and compile_ and batch_size <= CUDA_GRAPHS_MAX_BATCH and not distributed

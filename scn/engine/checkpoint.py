@@ -122,8 +122,8 @@ class CheckpointWriter:
 
 
 def checkpoint_every(tcfg: DictConfig) -> int:
-    """`trainer.checkpoint_every` (epochs between last.pt writes), checked; 1 before the key."""
-    every = tcfg.get("checkpoint_every", 1)
+    """`trainer.checkpoint_every` (epochs between last.pt writes), checked."""
+    every = tcfg.checkpoint_every
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise UserError(
             f"trainer.checkpoint_every={every!r}; use a whole number of epochs >= 1 (1 writes "

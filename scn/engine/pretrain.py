@@ -57,7 +57,7 @@ class PretrainTrainer(Trainer):
     @classmethod
     def for_config(cls, cfg: DictConfig) -> type[Trainer]:
         """With `pretrain.teacher`: distillation (DistillTrainer, below) instead of identities."""
-        if cfg.get("pretrain") is not None and cfg.pretrain.get("teacher"):
+        if cfg.pretrain.teacher:
             return DistillTrainer
         return cls
 
@@ -185,9 +185,8 @@ def load_teacher(name: str, cache_dir: Path):
 
 def flat_folder(dcfg, root: Path) -> bool:
     """A `dataset=folder` root without its split folders: a plain folder of face images."""
-    dirs = dict(dcfg.get("split_dirs") or {})
-    return dcfg.get("format") == "folder" and not any(
-        (root / str(d)).is_dir() for d in dirs.values()
+    return dcfg.format == "folder" and not any(
+        (root / str(d)).is_dir() for d in dcfg.split_dirs.values()
     )
 
 
@@ -222,7 +221,7 @@ class DistillTrainer(PretrainTrainer):
 
     def load_data(self):
         d, cache = self.cfg.dataset, self.cache_dir
-        if d.get("format") == "identities":
+        if d.format == "identities":
             return load_identities(d, cache)  # verification pairs as well
         root = Path(str(d.root)).expanduser()
         if flat_folder(d, root):

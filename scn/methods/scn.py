@@ -124,8 +124,8 @@ def relabel(
 
 
 def local_rr(scn) -> bool:
-    """scn.rr_scope=local (checkpoints from before the key: global, the single-process maths)."""
-    return scn.get("rr_scope", "global") == RRScope["local"]
+    """scn.rr_scope=local: RR over each process's share of the batch."""
+    return scn.rr_scope == RRScope["local"]
 
 
 def scn_rr(alpha: torch.Tensor, scn, dist, global_n: int) -> RRStats:

@@ -114,8 +114,8 @@ class WandbTracker:
             log.warning("W&B online init failed (%s); logging offline, `wandb sync` later", e)
             self.run = wandb.init(**{**kwargs, "mode": "offline"})
         self.run_id = self.run.id
-        self.log_model = bool(cfg.logger.get("log_model", False))
-        self.log_images = bool(cfg.logger.get("log_images", False)) and galleries is not None
+        self.log_model = bool(cfg.logger.log_model)
+        self.log_images = bool(cfg.logger.log_images) and galleries is not None
         self.galleries = galleries
         self.output_dir = output_dir
         self.run.define_metric("epoch")

@@ -77,14 +77,14 @@ class _Split:
 
 def read(dcfg: DictConfig, root: Path) -> DatasetFiles:
     """Map either AffectNet release under `root` onto train (training set) and test (validation)."""
-    num_classes = dcfg.get("num_classes", 8)
+    num_classes = dcfg.num_classes
     if num_classes not in (7, 8) or isinstance(num_classes, bool):
         raise UserError(
             f"dataset.num_classes={num_classes}; AffectNet has 8 expressions (ids 0..7), "
             "set 8, or 7 to drop Contempt"
         )
-    class_names = _class_names(dcfg.get("class_names"), num_classes)
-    release = _detect_release(root, str(dcfg.get("release", "auto")))
+    class_names = _class_names(dcfg.class_names, num_classes)
+    release = _detect_release(root, str(dcfg.release))
     log.debug("reading the AffectNet %s release under %s", release, root)
     splits: dict[str, LabeledImages] = {}
     notes: list[str] = []

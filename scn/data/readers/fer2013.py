@@ -157,7 +157,7 @@ def read_pixel_table(path: Path, columns: Sequence[str]) -> PixelTable:
 
 def class_names_of(dcfg: DictConfig, defaults: Sequence[str], what: str) -> list[str]:
     """The dataset's own class names, or the user's `dataset.class_names` renaming them in order."""
-    names = dcfg.get("class_names")
+    names = dcfg.class_names
     if names is None:
         return list(defaults)
     names = [str(n) for n in names]
@@ -187,7 +187,7 @@ def read(dcfg: DictConfig, root: Path) -> DatasetFiles:
 
 
 def _test_usage(dcfg: DictConfig) -> str:
-    value = str(dcfg.get("test_usage", "both"))
+    value = str(dcfg.test_usage)
     for usage in TEST_USAGES:
         if value.lower() == usage.lower():
             return usage

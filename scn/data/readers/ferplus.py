@@ -96,7 +96,7 @@ class _Split:
 
 def read(dcfg: DictConfig, root: Path) -> DatasetFiles:
     """Map FERPlus's data folder or its CSV pair onto train (dataset.train_splits), val and test."""
-    num_classes = int(dcfg.get("num_classes", 8))
+    num_classes = int(dcfg.num_classes)
     if num_classes not in (7, 8):
         raise UserError(
             f"dataset.num_classes={num_classes}; FERPlus has 8 (with Contempt) or 7 (without)"
@@ -150,7 +150,7 @@ def read(dcfg: DictConfig, root: Path) -> DatasetFiles:
 
 
 def _train_splits(dcfg: DictConfig) -> list[str]:
-    raw = dcfg.get("train_splits", ["train", "valid"])
+    raw = dcfg.train_splits
     items = [raw] if isinstance(raw, str) else [str(s) for s in raw]
     if not items or len(set(items)) != len(items) or not set(items) <= {"train", "valid"}:
         raise UserError(

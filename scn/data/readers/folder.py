@@ -27,12 +27,12 @@ SPLITS = ("train", "test", "val")
 
 def read(dcfg: DictConfig, root: Path) -> DatasetFiles:
     """Class folders of every configured split -> labelled file lists."""
-    split_dirs = _split_dirs(dcfg.get("split_dirs"))
+    split_dirs = _split_dirs(dcfg.split_dirs)
     found: dict[str, dict[str, list[str]]] = {}  # split -> class folder -> image names
     ignored: dict[str, int] = {}
     for split, dirname in split_dirs.items():
         found[split], ignored[split] = _scan_split(root, split, dirname)
-    class_names = _class_names(dcfg.get("class_names"), found, split_dirs, root)
+    class_names = _class_names(dcfg.class_names, found, split_dirs, root)
     index = {c: i for i, c in enumerate(class_names)}
     splits: dict[str, LabeledImages] = {}
     notes: list[str] = []
