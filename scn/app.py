@@ -15,7 +15,7 @@ from omegaconf import Container, DictConfig, OmegaConf
 
 from scn import sweep
 from scn.checkpoints import load_checkpoint, remove_stray_temp_files, resume_file
-from scn.config import hydra_choices, to_container
+from scn.config import complete_config, hydra_choices, to_container
 from scn.engine.evaluate import evaluate_checkpoint
 from scn.engine.guard import Preempted
 from scn.engine.pretrain import PretrainTrainer
@@ -82,7 +82,10 @@ def resume_config(
     Any other key or group option given on the command line must agree with the checkpoint, so a
     resumed run never silently trains something other than what was started.
     """
-    saved, saved_choices = state["config"], state.get("choices", {})
+    saved_choices = state.get("choices", {})
+    # a checkpoint from before a key: the key's default from conf/, as a fresh run would have it
+    merged = complete_config(state["config"], saved_choices)
+    saved = OmegaConf.to_container(merged)
     flat_now, flat_saved = _flatten(to_container(cfg)), _flatten(saved)
     choices_now = hydra_choices()
     conflicts, given = [], []
@@ -105,7 +108,6 @@ def resume_config(
             "trainer.checkpoint_every, trainer.auto_resume, logger.*, paths.* and the speed settings (trainer.precision, channels_last, compile, "
             "cuda_graphs, dataset.pipeline) may change on resume; start a new run otherwise"
         )
-    merged = OmegaConf.create(saved)
     for key in ["task", "paths.output_dir", *given]:  # this run's task and directory, always
         value = OmegaConf.select(cfg, key)
         if isinstance(value, Container):

@@ -193,6 +193,22 @@ def test_resume_keeps_speed_settings_unless_the_command_line_sets_them(tmp_path)
     assert cfg["dataset"]["pipeline"] == "files"  # set on the command line
 
 
+def test_a_checkpoint_from_before_a_key_resumes_with_the_key_from_conf(tmp_path):
+    train(compose_cfg([*TINY, "trainer.epochs=1", "trainer.checkpoints=last",
+                       "dataset.sampler=balanced"], tmp_path / "a"))  # fmt: skip
+    state = torch.load(tmp_path / "a/last.pt", weights_only=False)
+    for group, key in (("trainer", "checkpoint_every"), ("trainer", "cuda_graphs"),
+                       ("scn", "rr_scope"), ("dataset", "pipeline")):  # fmt: skip
+        del state["config"][group][key]
+    torch.save(state, tmp_path / "old.pt")
+    resume = [*TINY, f"ckpt_path={tmp_path / 'old.pt'}", "trainer.epochs=2"]
+    assert train(compose_cfg(resume, tmp_path / "b"))["epochs"] == 2
+    cfg = load_checkpoint(tmp_path / "b/last.pt")["config"]
+    assert cfg["trainer"]["checkpoint_every"] == 1 and cfg["trainer"]["cuda_graphs"] == "auto"
+    assert cfg["scn"]["rr_scope"] == "global" and cfg["dataset"]["pipeline"] == "cached"
+    assert cfg["dataset"]["sampler"] == "balanced"  # the checkpoint's own value, not the default
+
+
 def test_checkpoint_writes_are_atomic_and_bad_files_are_named(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"epoch": 1})
