@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from scn.data.sources import ImageList
 from scn.errors import UserError
+from scn.io import atomic_open
 
 try:
     import fcntl
@@ -95,7 +95,7 @@ def _open(path: Path, count: int) -> np.ndarray:
 
 
 def _build(path: Path, images: ImageList, size: int | None, workers: int, progress: bool) -> None:
-    """Decode every image into a temp .npy beside `path`, then fsync and rename it into place.
+    """Decode every image into `path` through an atomic write (a temp file, fsynced, renamed).
 
     Rows are appended with plain writes after the .npy header rather than through a memory map, so
     the build's resident memory stays at a few batches however large the cache (AffectNet's 287k
@@ -106,36 +106,28 @@ def _build(path: Path, images: ImageList, size: int | None, workers: int, progre
         num_workers=workers,
         collate_fn=list,  # images may differ in size; the check below names the odd one
     )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            shape = None
-            pos = 0
-            bar = tqdm(total=len(images), desc="decoding images", leave=False, disable=not progress)
-            for batch in loader:
-                for img in batch:
-                    if shape is None:
-                        shape = img.shape
-                        header = {"descr": "|u1", "fortran_order": False,
-                                  "shape": (len(images), *shape)}  # fmt: skip
-                        np.lib.format.write_array_header_1_0(f, header)
-                    if img.shape != shape:
-                        raise UserError(
-                            f"{images.describe(pos)} is {img.shape[1]}x{img.shape[0]} but "
-                            f"{images.describe(0)} is {shape[1]}x{shape[0]}; the decoded-image "
-                            "cache needs one size: set dataset.cache_size=<side> to resize every "
-                            "image once to <side>x<side>, or use dataset.pipeline=files"
-                        )
-                    f.write(np.ascontiguousarray(img, dtype=np.uint8).tobytes())
-                    pos += 1
-                bar.update(len(batch))
-            bar.close()
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        shape = None
+        pos = 0
+        bar = tqdm(total=len(images), desc="decoding images", leave=False, disable=not progress)
+        for batch in loader:
+            for img in batch:
+                if shape is None:
+                    shape = img.shape
+                    header = {"descr": "|u1", "fortran_order": False,
+                              "shape": (len(images), *shape)}  # fmt: skip
+                    np.lib.format.write_array_header_1_0(f, header)
+                if img.shape != shape:
+                    raise UserError(
+                        f"{images.describe(pos)} is {img.shape[1]}x{img.shape[0]} but "
+                        f"{images.describe(0)} is {shape[1]}x{shape[0]}; the decoded-image "
+                        "cache needs one size: set dataset.cache_size=<side> to resize every "
+                        "image once to <side>x<side>, or use dataset.pipeline=files"
+                    )
+                f.write(np.ascontiguousarray(img, dtype=np.uint8).tobytes())
+                pos += 1
+            bar.update(len(batch))
+        bar.close()
 
 
 def decoded_images(
