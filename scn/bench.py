@@ -44,11 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from scn.cli import run_cli, tool_parser
 from scn.config import CONF_DIR, compose_config
-from scn.data.datasets import DataBundle, load_dataset
+from scn.data.datasets import DataBundle, dataset_config, load_dataset
 from scn.data.pipeline import Pipeline
 from scn.data.synthetic import ensure_synthetic
 from scn.engine.accel import resolve_accel
@@ -90,14 +90,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def auto_speed() -> DictConfig:
+    """conf/trainer's speed settings (all `auto`), as a run without overrides resolves them."""
+    return compose_config().trainer
+
+
 def make_data(folder: Path, images: int, test_images: int = 14) -> DataBundle:
     """Synthetic faces stored as RAF-DB stores its aligned images: 100x100 JPEGs."""
     per_class = -(-images // 7)
     root = ensure_synthetic(folder, per_class, -(-test_images // 7), image_size=100, seed=0)
-    dcfg = OmegaConf.create(
-        {"name": "bench", "root": str(root), "label_file": None, "label_format": "auto",
-         "class_names": ["c"] * 7, "noise": {"rate": 0.0, "seed": 0}, "val_fraction": 0.0}
-    )  # fmt: skip
+    dcfg = OmegaConf.merge(
+        dataset_config("rafdb", root), {"name": "bench", "class_names": ["c"] * 7}
+    )
     return load_dataset(dcfg, folder)
 
 
@@ -136,7 +140,7 @@ def train_rate(
     cfg = compose_config([f"method={method}", *backbone_overrides(args.backbone)])
     steps = build_method(cfg)
     model = steps.build_model(create_backbone(cfg.backbone), 7)
-    accel = resolve_accel(OmegaConf.create({}), device, args.batch)
+    accel = resolve_accel(auto_speed(), device, args.batch)
     model.to(device, memory_format=accel.memory_format).train()
     forward = accel.compiled(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -165,7 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     workers = args.workers if args.workers is not None else cores
     train_workers = args.train_workers if args.train_workers is not None else min(4, cores)
-    accel = resolve_accel(OmegaConf.create({}), device, args.batch)
+    accel = resolve_accel(auto_speed(), device, args.batch)
     mf = accel.memory_format
     result: dict[str, Any] = {
         "device": device_name(device),
@@ -243,7 +247,7 @@ def backbone_rates(args: argparse.Namespace) -> dict[str, Any]:
     """SCN training-step images/s of each --backbones NAME:SIZE on the cached pipeline, same batch
     and timing as the default measurement's training figures."""
     device = resolve_device(args.device)
-    mf = resolve_accel(OmegaConf.create({}), device, args.batch).memory_format
+    mf = resolve_accel(auto_speed(), device, args.batch).memory_format
     result: dict[str, Any] = {"device": device_name(device), "torch": torch.__version__,
                               "batch_size": args.batch, "backbones": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="scn-bench-", dir=args.workdir) as tmp:

@@ -38,6 +38,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from scn.cli import run_cli, tool_parser
+from scn.data.datasets import dataset_config
 from scn.data.readers import affectnet
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ def measure(root: str, cache_dir: str, cache_size: int | None, batch: int, progr
     result: dict[str, Any] = {
         "maxrss_children_before_build_mib": _maxrss_mib(resource.RUSAGE_CHILDREN)
     }
-    dcfg = OmegaConf.create({"num_classes": 8, "class_names": None, "release": "csv"})
+    dcfg = OmegaConf.merge(dataset_config("affectnet", root), {"release": "csv"})
     t0 = time.perf_counter()
     files = affectnet.read(dcfg, Path(root))
     result["read_s"] = round(time.perf_counter() - t0, 2)
