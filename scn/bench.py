@@ -140,7 +140,7 @@ def train_rate(
     cfg = compose_config([f"method={method}", *backbone_overrides(args.backbone)])
     steps = build_method(cfg)
     model = steps.build_model(create_backbone(cfg.backbone), 7)
-    accel = resolve_accel(auto_speed(), device, args.batch)
+    accel = resolve_accel(cfg.trainer, device, args.batch)
     model.to(device, memory_format=accel.memory_format).train()
     forward = accel.compiled(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)

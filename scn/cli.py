@@ -51,9 +51,9 @@ def add_dataset_options(
     what: str = "the inputs",
 ) -> None:
     """--dataset NAME (a conf/dataset option, read as run.py composes it) and --split."""
-    from scn.config import CONF_DIR
+    from scn.config import group_options
 
-    names = sorted(p.stem for p in (CONF_DIR / "dataset").glob("[!_]*.yaml"))
+    names = group_options("dataset")
     parser.add_argument("--dataset", choices=names, default=dataset, metavar="NAME",
                         help=f"read {what} as this dataset: {', '.join(names)}"
                         + (" (default: %(default)s)" if dataset else ""))  # fmt: skip

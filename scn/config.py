@@ -176,6 +176,11 @@ def cache_dir(cfg: DictConfig | None = None) -> Path:
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+def group_options(group: str) -> list[str]:
+    """The options of conf/<group> a command line may choose (`_`-files are abstract bases)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("[!_]*.yaml"))
+
+
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """conf/ composed with `overrides` as run.py composes it, without running a job: how tools
     outside run.py (predict, features, inspect, bench) read a group option, so every default has

@@ -54,10 +54,12 @@ class LoadedModel:
         return self.model(batch.to(self.device))
 
 
-def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
+def load_model(path: str | Path, device: str = "auto", state: dict | None = None) -> LoadedModel:
     """Load one of this project's checkpoints (best.pt / last.pt) for inference; the model is
-    rebuilt by the method the checkpoint's config names."""
-    state = load_checkpoint(path)
+    rebuilt by the method the checkpoint's config names. `state`: the file's contents when the
+    caller has read them already (load_checkpoint), so the file is read once."""
+    if state is None:
+        state = load_checkpoint(path)
     cfg = complete_config(state["config"], state.get("choices"))
     class_names = list(state["class_names"])
     if cfg.get("task") == "pretrain":

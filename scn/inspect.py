@@ -306,8 +306,8 @@ def build_sections(
         )
     if per_class < 1:
         raise UserError(f"--per-class {per_class}: pass 1 or more images per class")
-    lm = load_model(path, device)
     state = load_checkpoint(path)
+    lm = load_model(path, device, state)
     if data:
         name = dataset or state.get("choices", {}).get("dataset") or lm.config.dataset.name
         dcfg = dataset_config(name, data)

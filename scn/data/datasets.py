@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import Dataset
 
-from scn.config import CONF_DIR
+from scn.config import compose_config, group_options
 from scn.data.check import unreadable_images
 from scn.data.labels import parse_label_file
 from scn.data.noise import stratified_split, symmetric_noise
@@ -93,13 +93,11 @@ def dataset_config(name: str, root: str | Path) -> DictConfig:
     outside run.py (predict, features, inspect) reads a dataset with."""
     from hydra.errors import ConfigCompositionException
 
-    from scn.config import compose_config
-
     try:
         cfg = compose_config([f"dataset={name}"])
     except ConfigCompositionException as e:
-        known = sorted(p.stem for p in (CONF_DIR / "dataset").glob("[!_]*.yaml"))
-        raise UserError(f"unknown dataset {name!r} (--dataset); known: {', '.join(known)}") from e
+        known = ", ".join(group_options("dataset"))
+        raise UserError(f"unknown dataset {name!r} (--dataset); known: {known}") from e
     dcfg = cfg.dataset
     dcfg.root = str(root)
     return dcfg
